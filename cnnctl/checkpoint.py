@@ -1,0 +1,158 @@
+"""Checkpoints: plain dicts written atomically and loaded with ``weights_only=True``.
+
+A save goes to a temporary file in the same folder, is flushed and fsynced, then ``os.replace``d over the old
+file, so a kill or a full disk during a save leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cnnctl.errors import CheckpointError, TrainingError
+
+FORMAT = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+REQUIRED_KEYS = ("format", "config", "classes", "input", "model")
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool = True) -> None:
+    """Write ``path`` through ``write(fileobj)`` atomically; a failure leaves the old file and raises TrainingError."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets what open() would give it
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise TrainingError(f"could not write {path}: {e.strerror or e}; the previous file, if any, is intact") from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    import torch
+
+    # Serialize to memory first: a failure while pickling never touches the disk.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check a cnnctl checkpoint; every failure is a one-line CheckpointError."""
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError("is a directory; give a .pt file such as best.pt or last.pt", file=str(path))
+    if not path.exists():
+        raise CheckpointError("no such file", file=str(path))
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"cannot read: {e.strerror}", file=str(path)) from None
+    if size == 0:
+        raise CheckpointError("empty file (0 bytes): not a checkpoint; a save may have been interrupted", file=str(path))
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Weights only load failed" in text and ("GLOBAL" in text or "global" in text):
+            raise CheckpointError(
+                "refused: it carries pickled Python objects (code) that torch.load(weights_only=True) will not run; "
+                "only load checkpoints you trust, and re-save them as plain tensors", file=str(path)) from None
+        raise CheckpointError("not a PyTorch checkpoint (unreadable pickle data)", file=str(path)) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                "not a PyTorch checkpoint, or truncated: it is not the zip archive torch.save writes",
+                file=str(path)) from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"truncated or corrupt checkpoint ({first[:160]})", file=str(path)) from None
+    if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
+        missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
+        raise CheckpointError(
+            f"not a cnnctl checkpoint (missing {', '.join(missing)}); a bare state_dict cannot say which network "
+            "and data it belongs to", file=str(path))
+    fmt = data["format"]
+    if not isinstance(fmt, int) or fmt > FORMAT:
+        raise CheckpointError(
+            f"written by a newer cnnctl (checkpoint format {fmt}; this cnnctl reads up to {FORMAT}); upgrade cnnctl",
+            file=str(path))
+    return data
+
+
+def load_model_state(model: Any, state: dict[str, Any], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with a readable message when they do not match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if reshaped:
+            k = reshaped[0]
+            parts.append(f"{len(reshaped)} of another shape (e.g. {k}: {list(state[k].shape)} in the file, "
+                         f"{list(own[k].shape)} in the network)")
+        raise CheckpointError("its weights do not match the network its config describes: " + "; ".join(parts)
+                              + ". Was the config edited? Use the checkpoint written with it", file=source)
+    model.load_state_dict(state, strict=True)
+
+
+def run_checkpoint(spec: str | Path, default: str) -> Path:
+    """A checkpoint file, or ``default`` (``best.pt`` / ``last.pt``) inside a run directory."""
+    path = Path(spec)
+    if path.is_dir():
+        candidate = path / default
+        if not candidate.exists():
+            raise CheckpointError(f"is a run directory without {default}; it holds no finished epoch yet", file=str(path))
+        return candidate
+    return path

@@ -1,0 +1,255 @@
+"""The command line: parse, call one function, print. Torch is imported inside commands, never at start-up."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from cnnctl.errors import CnnctlError
+
+app = typer.Typer(
+    name="cnnctl",
+    help="Train, evaluate and run image-classification CNNs from YAML configs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config key, value parsed as YAML (repeatable)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; human text goes to stderr.")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def handle_errors(func: F) -> F:
+    """Library errors become a message on stderr and their exit code; no traceback for bad input."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _setup_logging()
+        try:
+            return func(*args, **kwargs)
+        except CnnctlError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as e:  # the engine's Interrupted carries its own exit code
+            if type(e).__name__ == "Interrupted":
+                typer.echo(str(e), err=True)
+                raise typer.Exit(e.exit_code) from None  # type: ignore[attr-defined]
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@app.command()
+@handle_errors
+def train(
+    config: Annotated[str | None, typer.Argument(help="A YAML config file or a bundled config name.")] = None,
+    set_: SetOption = None,
+    name: Annotated[str | None, typer.Option("--name", help="Run name (default: the config's name).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Folder for run directories (default: runs).")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="A run directory or checkpoint to continue.")] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Train a network; writes OUT/NAME/ with config.yaml, metrics.csv, best.pt, last.pt, summary.json."""
+    from cnnctl.config import load_config
+
+    if config is None and resume is None:
+        raise CnnctlError("give a CONFIG (a file or a bundled config name; `cnnctl configs` lists them) or --resume RUN")
+    cfg = load_config(config, set_)[0] if config is not None else None
+    from cnnctl.engine import train as run_train
+
+    summary = run_train(cfg, overrides=set_, name=name, out=out, resume=resume, device=device)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone answers
+        typer.echo(summary["run_dir"])
+
+
+@app.command("eval")
+@handle_errors
+def eval_(
+    checkpoints: Annotated[list[str], typer.Argument(help="Checkpoints or run directories; several: their ensemble.")],
+    split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+    data_root: Annotated[str | None, typer.Option("--data-root", help="Where the dataset is, if not where it was.")] = None,
+    json_: JsonOption = False,
+    device: DeviceOption = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write confusion matrix and per-class charts here.")] = None,
+) -> None:
+    """Evaluate checkpoints: loss, accuracy, top-5, per-class precision/recall/F1, confusion matrix."""
+    if split not in ("test", "val"):
+        raise CnnctlError(f"--split must be test or val, not {split!r}")
+    from cnnctl.inference import evaluate_checkpoints, format_report
+
+    result = evaluate_checkpoints(checkpoints, split=split, data_root=data_root, device=device or "auto")
+    if plots is not None:
+        from cnnctl.plots import eval_plots
+
+        for path in eval_plots(result, plots):
+            typer.echo(f"wrote {path}", err=True)
+    if json_:
+        _print_json(result)
+    else:
+        typer.echo(format_report(result))
+
+
+@app.command()
+@handle_errors
+def predict(
+    images: Annotated[list[str], typer.Argument(help="Image files or folders (searched recursively).")],
+    checkpoint: Annotated[str | None, typer.Option("-c", "--checkpoint", help="Checkpoint (default: newest runs/*/best.pt).")] = None,
+    topk: Annotated[int, typer.Option("--topk", "-k", help="How many classes to show.")] = 5,
+    json_: JsonOption = False,
+    device: DeviceOption = None,
+) -> None:
+    """Predict the classes of images with a trained checkpoint."""
+    from cnnctl.predict import format_predictions
+    from cnnctl.predict import predict as run_predict
+
+    results = run_predict(images, checkpoint, topk=topk, device=device or "cpu")
+    if json_:
+        _print_json(results)
+    else:
+        typer.echo(format_predictions(results))
+    failed = [r for r in results if "error" in r]
+    if failed:
+        typer.echo(f"error: {len(failed)} of {len(results)} files could not be read (named above)", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+@handle_errors
+def summary(
+    config: Annotated[str, typer.Argument(help="A YAML config file or a bundled config name.")],
+    set_: SetOption = None,
+    json_: JsonOption = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Per layer: output-size arithmetic, receptive field, "
+                                          "parameter formula.")] = False,
+) -> None:
+    """Show the network a config builds: layers, output shapes, parameters, multiply-adds."""
+    from cnnctl.config import load_config
+
+    cfg, _ = load_config(config, set_)
+    from cnnctl.models.summary import network_summary
+
+    result, text = network_summary(cfg, explain_layers=explain)
+    if json_:
+        _print_json(result)
+    else:
+        typer.echo(text)
+
+
+@app.command()
+@handle_errors
+def configs() -> None:
+    """List the bundled configs, one line each."""
+    from cnnctl.config import bundled_configs, read_yaml
+
+    entries = bundled_configs()
+    width = max((len(n) for n in entries), default=0)
+    for name, path in entries.items():
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+        description = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        if not description:
+            description = str(read_yaml(path).get("name", ""))
+        typer.echo(f"{name:<{width}}  {description}")
+
+
+@app.command()
+@handle_errors
+def plot(
+    runs: Annotated[list[str], typer.Argument(help="Run directories to overlay.")],
+    metric: Annotated[str, typer.Option("--metric", help="val_acc, val_loss, train_acc, train_loss or lr.")] = "val_acc",
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")] = Path("comparison.png"),
+) -> None:
+    """Overlay the curves of several runs (e.g. one network trained with different optimizers)."""
+    from cnnctl.plots import plot_runs
+
+    typer.echo(str(plot_runs(runs, metric=metric, output=output)))
+
+
+@app.command()
+@handle_errors
+def visualize(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint or run directory.")],
+    image: Annotated[str | None, typer.Option("--image", help="Image for the feature maps (default: a test image).")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Folder for the PNGs (default: RUN/visualize).")] = None,
+) -> None:
+    """Draw the first layer's filters, the feature maps of every conv/pool stage, and the top-k prediction."""
+    from cnnctl.visualize import visualize as run_visualize
+
+    for path in run_visualize(checkpoint, image=image, output=output):
+        typer.echo(str(path))
+
+
+@app.command()
+@handle_errors
+def tune(
+    config: Annotated[str, typer.Argument(help="The base config: a file or a bundled config name.")],
+    space: Annotated[str, typer.Option("--space", help="SPACE.yaml (dotted keys to distributions) or a bundled space name.")],
+    set_: SetOption = None,
+    trials: Annotated[int | None, typer.Option("--trials", help="Total trials of the study, over every process sharing it "
+                                               "(default 20; grid: every point; with --timeout: no limit).")] = None,
+    method: Annotated[str, typer.Option("--method", help="grid, random or tpe.")] = "tpe",
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting trials after S seconds.")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (sqlite:///x.db, postgresql://...).")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name (default: the config name).")] = None,
+    prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Stop hopeless trials (median pruner).")] = True,
+    metric: Annotated[str, typer.Option("--metric", help="Metric to optimise.")] = "val_acc",
+    ensemble_top: Annotated[int, typer.Option("--ensemble-top", help="Evaluate the ensemble of the K best trials.")] = 0,
+    out: Annotated[str | None, typer.Option("--out", help="Folder for the study (default: the config's out).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Sampler seed.")] = 0,
+) -> None:
+    """Search hyper-parameters with Optuna (grid, random, TPE) with pruning; optionally ensemble the best."""
+    from cnnctl.tune import run_tune
+
+    result = run_tune(config, space, overrides=set_, trials=trials, method=method, timeout=timeout, storage=storage,
+                      study=study, prune=prune, metric=metric, ensemble_top=ensemble_top, out=out, seed=seed)
+    typer.echo(result["study_dir"])
+
+
+@app.command()
+@handle_errors
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint or run directory.")],
+    format_: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (default: beside the checkpoint).")] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset version.")] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Batch dimension.")] = True,
+) -> None:
+    """Export a checkpoint to ONNX or TorchScript, verified against PyTorch."""
+    from cnnctl.export import export as run_export
+
+    result = run_export(checkpoint, format=format_, output=output, opset=opset, dynamic_batch=dynamic_batch)
+    typer.echo(str(result["path"]))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

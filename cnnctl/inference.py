@@ -1,0 +1,123 @@
+"""Rebuilding a network from a checkpoint alone, and ``cnnctl eval`` (single checkpoints and ensembles)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnctl.checkpoint import load_checkpoint, load_model_state, run_checkpoint
+from cnnctl.config import Config, validate_config
+from cnnctl.errors import CheckpointError, CnnctlError
+from cnnctl.metrics import EvalAccumulator
+
+
+def checkpoint_config(ckpt: dict[str, Any], source: str) -> Config:
+    try:
+        return validate_config(ckpt["config"], f"{source} (its config)")
+    except CnnctlError as e:
+        raise CheckpointError(f"its config no longer validates: {e}", file=source) from None
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], source: str, device: torch.device) -> nn.Module:
+    """The checkpoint's network with its weights, in eval mode on ``device``."""
+    from cnnctl.models.registry import create_model
+
+    cfg = checkpoint_config(ckpt, source)
+    spec = ckpt["input"]
+    model = create_model(cfg.model, in_channels=spec["channels"], image_size=tuple(spec["size"]),
+                         num_classes=len(ckpt["classes"]))
+    load_model_state(model, ckpt["model"], source)
+    return model.to(device).eval()
+
+
+def _split_for(cfg: Config, split: str, data_root: str | None, seed: int, cache: dict[str, Any]) -> tuple[Any, Any]:
+    from cnnctl.data.base import load_data
+
+    data_cfg = cfg.data.model_copy(update={"root": data_root}) if data_root else cfg.data
+    key = json.dumps([data_cfg.model_dump(mode="json"), seed])
+    if key not in cache:
+        cache[key] = load_data(data_cfg, seed)
+    bundle = cache[key]
+    part = getattr(bundle, split)
+    if part is None:
+        other = "val" if split == "test" else "test"
+        raise CnnctlError(f"--split {split}: dataset {cfg.data.dataset} has no {split} split here; try --split {other}")
+    return bundle, part
+
+
+def evaluate_checkpoints(paths: list[str], *, split: str = "test", data_root: str | None = None,
+                         device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
+    """Evaluate each checkpoint on ``split``; with several, also their ensemble (mean of softmax)."""
+    from cnnctl.data.base import make_loader
+    from cnnctl.engine import evaluate, select_device
+
+    dev = select_device(device)
+    cache: dict[str, Any] = {}
+    members, probs, labels, classes = [], [], None, None
+    for spec in paths:
+        path = run_checkpoint(spec, "best.pt")
+        ckpt = load_checkpoint(path)
+        cfg = checkpoint_config(ckpt, str(path))
+        model = model_from_checkpoint(ckpt, str(path), dev)
+        _, part = _split_for(cfg, split, data_root, cfg.seed, cache)
+        inp = ckpt["input"]
+        loader = make_loader(part, batch_size=batch_size or 2 * cfg.data.batch_size, train=False, device=dev,
+                             mean=inp["mean"], std=inp["std"], augment=None, seed=cfg.seed, workers=cfg.data.workers)
+        acc, p = evaluate(model, loader.batches(0), len(ckpt["classes"]), dev, keep_probs=len(paths) > 1)
+        members.append({"checkpoint": str(path), "split": split, **acc.result(ckpt["classes"])})
+        if len(paths) > 1:
+            part_labels = torch.as_tensor(part.labels)
+            if classes is None:
+                classes, labels = ckpt["classes"], part_labels
+            elif ckpt["classes"] != classes or not torch.equal(part_labels, labels):
+                raise CnnctlError(f"{path}: cannot ensemble it with {members[0]['checkpoint']}: they were trained on "
+                                  "different classes or splits (dataset, seed or val_split differ)")
+            probs.append(p)
+    if len(paths) == 1:
+        return members[0]
+    mean = torch.stack(probs).mean(0)
+    acc = EvalAccumulator(len(classes), torch.device("cpu"))
+    log_p = mean.clamp_min(1e-12).log()
+    acc.update(log_p, labels, nn.functional.nll_loss(log_p, labels, reduction="sum"))
+    ensemble = {"checkpoint": [m["checkpoint"] for m in members], "split": split, **acc.result(classes)}
+    return {"ensemble": ensemble, "members": members}
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The human eval report: headline numbers, per-class table, confusion matrix."""
+    if "ensemble" in result:
+        lines = [_headline("ensemble of " + str(len(result["members"])), result["ensemble"])]
+        lines += [_headline(m["checkpoint"], m) for m in result["members"]]
+        return "\n".join(lines) + "\n\n" + _details(result["ensemble"])
+    return _headline(result["checkpoint"], result) + "\n\n" + _details(result)
+
+
+def _headline(name: str, r: dict[str, Any]) -> str:
+    top5 = f"  top-5 {r['top5']:.2%}" if r.get("top5") is not None else ""
+    return f"{name} on {r['split']} (n={r['n']}): loss {r['loss']:.4f}  accuracy {r['accuracy']:.2%}{top5}"
+
+
+def _details(r: dict[str, Any]) -> str:
+    width = max(5, *(len(c["class"]) for c in r["per_class"]))
+    rows = [f"{'class':<{width}}  precision  recall      f1  support"]
+    for c in r["per_class"]:
+        rows.append(f"{c['class']:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
+    cm = r["confusion_matrix"]
+    cell = max(3, len(str(max(max(row) for row in cm))))
+    rows.append("\nconfusion matrix (rows: true class, columns: predicted)")
+    rows.append(" " * width + "  " + " ".join(f"{i:>{cell}}" for i in range(len(cm))))
+    for c, row in zip(r["per_class"], cm, strict=True):
+        rows.append(f"{c['class']:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
+    return "\n".join(rows)
+
+
+def newest_best(root: Path = Path("runs")) -> Path:
+    """``best.pt`` of the newest run under ``root`` (used by ``cnnctl predict`` without ``-c``)."""
+    found = sorted(root.glob("**/best.pt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    if not found:
+        raise CnnctlError(f"no -c given and no {root}/*/best.pt found; train a model first or pass -c CKPT")
+    return found[-1]

@@ -1,0 +1,63 @@
+"""The model registry. Names are declared here without importing torch; builders load on first use.
+
+Every builder is a plain function taking keyword arguments (``num_classes``, ``in_channels`` and whichever of
+``image_size``, ``stem``, ``dropout``, ``activation``, ``pool``, ``zero_init_residual``, ``layers`` it uses)
+and returning a CPU ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from cnnctl.errors import ConfigError
+from cnnctl.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from cnnctl.config import ModelConfig
+
+_VGG = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
+_RESNET = [f"resnet{d}" for d in (18, 34, 50, 101, 152, 200)]
+_CIFAR_RESNET = [f"resnet{d}" for d in (20, 32, 44, 56, 110)]
+
+MODELS = Registry(
+    "model",
+    {
+        "lenet5": "cnnctl.models.lenet:lenet5",
+        "alexnet": "cnnctl.models.alexnet:alexnet",
+        **{name: f"cnnctl.models.vgg:{name}" for name in _VGG},
+        **{name: f"cnnctl.models.resnet:{name}" for name in _RESNET + _CIFAR_RESNET},
+        "custom": "cnnctl.models.layers:custom",
+    },
+)
+register = MODELS.register
+
+# Options a config may set, with the value that means "not set".
+_OPTIONS = {"stem": "auto", "dropout": 0.0, "activation": "auto", "pool": "auto", "zero_init_residual": False}
+
+
+def create_model(cfg: ModelConfig, *, in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
+    """Build the config's network for inputs of ``in_channels`` x ``image_size`` and ``num_classes`` outputs."""
+    if cfg.arch.startswith("torchvision."):
+        from cnnctl.models.tv import torchvision_model
+
+        builder = torchvision_model
+        fixed: dict[str, Any] = {"name": cfg.arch.removeprefix("torchvision.")}
+    else:
+        builder = MODELS.get(cfg.arch)
+        fixed = {}
+    accepted = inspect.signature(builder).parameters
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels, **fixed}
+    if "image_size" in accepted:
+        kwargs["image_size"] = image_size
+    if "layers" in accepted:
+        kwargs["layers"] = cfg.layers
+    for key, unset in _OPTIONS.items():
+        value = getattr(cfg, key)
+        if key in accepted:
+            kwargs[key] = value
+        elif value != unset:
+            raise ConfigError(f"model.{key}: arch {cfg.arch!r} has no such option; remove it (set it back to {unset!r})")
+    return builder(**kwargs)

@@ -1,0 +1,169 @@
+"""PNG plots drawn with matplotlib (Agg, no display): training curves, confusion matrices, run comparisons.
+
+Every figure has a fixed size in inches at ``DPI``, so its pixel size is known: ``FIGSIZE[name] * DPI``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from cnnctl.errors import CnnctlError
+
+DPI = 100
+FIGSIZE = {"curves": (13.0, 4.0), "confusion": (7.0, 6.0), "per_class": (9.0, 4.0), "comparison": (8.0, 5.0)}
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _integer_epochs(*axes: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from cnnctl.checkpoint import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+    _pyplot().close(fig)
+    return path
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
+    """A run's metrics.csv as rows of floats (None where a value is missing)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise CnnctlError(f"{run_dir}: no metrics.csv here; give a run directory written by `cnnctl train`")
+    with path.open(newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_curves(rows: list[dict[str, float | None]], path: Path, *, best_epoch: int | None = None,
+                stopped_epoch: int | None = None, title: str = "") -> Path:
+    """Loss and accuracy (train and val) per epoch and the learning rate on its own axis; best epoch and the
+    early-stopping point marked."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=FIGSIZE["curves"], layout="constrained")
+    epochs = [r["epoch"] for r in rows]
+    for ax, kind, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        for split, style in (("train", "-"), ("val", "--")):
+            values = [r.get(f"{split}_{kind}") for r in rows]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, marker="o", markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax_lr.plot(epochs, [r.get("lr") for r in rows], color="tab:green", marker="o", markersize=3)
+    ax_lr.set_xlabel("epoch")
+    ax_lr.set_ylabel("learning rate (end of epoch)")
+    ax_lr.grid(alpha=0.3)
+    for ax in (ax_loss, ax_acc, ax_lr):
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="tab:purple", linestyle=":", label=f"best (epoch {best_epoch})")
+        if stopped_epoch is not None:
+            ax.axvline(stopped_epoch, color="tab:red", linestyle="-.", label=f"early stop (epoch {stopped_epoch})")
+    _integer_epochs(ax_loss, ax_acc, ax_lr)
+    ax_loss.legend(fontsize=8)
+    ax_acc.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, *, title: str = "") -> Path:
+    """The confusion matrix normalized per true class (colour), with the counts written in the cells."""
+    plt = _pyplot()
+    import numpy as np
+
+    counts = np.asarray(cm, dtype=np.int64)
+    totals = counts.sum(1, keepdims=True)
+    normalized = counts / np.maximum(totals, 1)
+    fig, ax = plt.subplots(figsize=FIGSIZE["confusion"], layout="constrained")
+    image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    k = len(classes)
+    if k <= 30:
+        ax.set_xticks(range(k), classes, rotation=90 if max(map(len, classes)) > 3 else 0, fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                color = "white" if normalized[i, j] > 0.5 else "black"
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=color, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix (colour: row-normalized; numbers: counts)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_per_class(per_class: list[dict[str, Any]], path: Path, *, title: str = "") -> Path:
+    """Precision, recall and F1 of each class as grouped bars."""
+    plt = _pyplot()
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=FIGSIZE["per_class"], layout="constrained")
+    x = np.arange(len(per_class))
+    for i, key in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (i - 1) * 0.27, [c[key] for c in per_class], width=0.27, label=key)
+    if len(per_class) <= 40:
+        ax.set_xticks(x, [c["class"] for c in per_class], rotation=90 if len(per_class) > 12 else 0, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score")
+    ax.legend(ncol=3, fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or "per-class precision, recall, F1", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_runs(runs: list[str], *, metric: str = "val_acc", output: Path = Path("comparison.png")) -> Path:
+    """The runs' ``metric`` per epoch overlaid, one line per run, labelled with the run's name."""
+    if metric not in METRICS:
+        raise CnnctlError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE["comparison"], layout="constrained")
+    for run in runs:
+        rows = read_metrics(run)
+        values = [r.get(metric) for r in rows]
+        if not any(v is not None for v in values):
+            raise CnnctlError(f"{run}: metrics.csv has no {metric} values (no validation split?); choose another --metric")
+        ax.plot([r["epoch"] for r in rows], values, marker="o", markersize=3, label=Path(run).name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    _integer_epochs(ax)
+    if metric == "lr" or metric.endswith("loss"):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(output))
+
+
+def run_plots(run_dir: Path, summary: dict[str, Any], classes: list[str], stopped_epoch: int | None) -> list[Path]:
+    """What every ``cnnctl train`` draws: curves.png and, with a test split, confusion_matrix.png."""
+    paths = [plot_curves(read_metrics(run_dir), run_dir / "curves.png", best_epoch=summary.get("best_epoch"),
+                         stopped_epoch=stopped_epoch, title=str(summary.get("name") or ""))]
+    test = summary.get("test")
+    if test:
+        paths.append(plot_confusion(test["confusion_matrix"], classes, run_dir / "confusion_matrix.png",
+                                    title=f"test, {summary.get('test_weights')} weights: accuracy {test['accuracy']:.2%}"))
+    return paths
+
+
+def eval_plots(result: dict[str, Any], folder: Path) -> list[Path]:
+    """``cnnctl eval --plots DIR``: the confusion matrix and the per-class bar chart (of the ensemble, if any)."""
+    r = result.get("ensemble", result)
+    classes = [c["class"] for c in r["per_class"]]
+    title = f"{r['split']}: accuracy {r['accuracy']:.2%}"
+    return [plot_confusion(r["confusion_matrix"], classes, Path(folder) / "confusion_matrix.png", title=title),
+            plot_per_class(r["per_class"], Path(folder) / "per_class.png", title=title)]

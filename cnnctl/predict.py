@@ -1,0 +1,92 @@
+"""``cnnctl predict``: images read with the checkpoint's preprocessing, batched, top-k classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnctl.data.transforms import IMAGE_SUFFIXES
+from cnnctl.errors import CnnctlError
+
+
+def find_images(inputs: list[str]) -> list[tuple[str, str | None]]:
+    """Files in the order given, folders searched recursively for images; a missing path carries its error."""
+    found: list[tuple[str, str | None]] = []
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                found.append((spec, "a folder with no images (png, jpg, bmp, gif, tif, webp) in it"))
+            found += [(str(p), None) for p in files]
+        elif path.exists():
+            found.append((spec, None))
+        else:
+            found.append((spec, "no such file or folder"))
+    return found
+
+
+def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, device: str = "cpu",
+            batch_size: int = 256) -> list[dict[str, Any]]:
+    """Top-k predictions for each image; a file that cannot be read gets ``error`` instead of ``topk``."""
+    from cnnctl.checkpoint import load_checkpoint, run_checkpoint
+    from cnnctl.data.transforms import load_image
+    from cnnctl.engine import select_device
+    from cnnctl.inference import model_from_checkpoint, newest_best
+
+    if topk < 1:
+        raise CnnctlError(f"--topk must be at least 1, not {topk}")
+    if checkpoint is not None and Path(checkpoint).suffix == ".onnx":
+        from cnnctl.export import onnx_predict  # an exported file: onnxruntime with the preprocessing in its metadata
+
+        return onnx_predict(checkpoint, inputs, topk=topk, batch_size=batch_size)
+    path = run_checkpoint(checkpoint, "best.pt") if checkpoint else newest_best()
+    dev = select_device(device)
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, str(path), dev)
+    spec, classes = ckpt["input"], ckpt["classes"]
+    size = tuple(spec["size"])
+    k = min(topk, len(classes))
+    results: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        from cnnctl.data.base import to_model_input
+
+        x = to_model_input(torch.stack([t for _, t in pending]), spec["mean"], spec["std"], dev)
+        with torch.inference_mode():
+            probs = model(x).float().softmax(1).cpu()
+        top = probs.topk(k, dim=1)
+        for (entry, _), p, i in zip(pending, top.values, top.indices, strict=True):
+            entry["topk"] = [{"class": classes[int(j)], "index": int(j), "prob": float(q)} for q, j in zip(p, i, strict=True)]
+        pending.clear()
+
+    for file, error in find_images(inputs):
+        entry: dict[str, Any] = {"file": file}
+        results.append(entry)
+        if error:
+            entry["error"] = error
+            continue
+        try:
+            pending.append((entry, load_image(file, spec["channels"], size)))
+        except CnnctlError as e:
+            entry["error"] = str(e)
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return results
+
+
+def format_predictions(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['file']}: error: {r['error']}")
+            continue
+        best = ", ".join(f"{t['class']} {t['prob']:.2%}" for t in r["topk"])
+        lines.append(f"{r['file']}: {best}")
+    return "\n".join(lines)

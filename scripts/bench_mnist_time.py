@@ -1,0 +1,134 @@
+"""Time to 99.0% MNIST test accuracy: configs/lenet5-mnist.yaml through cnnctl against a hand-written loop.
+
+    .venv/bin/python scripts/bench_mnist_time.py [--repeats 2] [--target 0.99] [--shared ../shared/data]
+
+Both sides use the same recipe (LeNet-5, Adam, one-cycle lr, batch 128, random crops with padding 2, the same
+54,000 training images, seed 0) and the same threads, alternating A B A B. After every epoch the test accuracy
+is measured outside the clock; the figure is the training wall time until it first reaches the target.
+cnnctl's time includes what ``cnnctl train`` does besides the arithmetic (the validation pass, metrics.csv,
+checkpoints); the hand-written loop does none of it. Prints the median times and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.inference_mode():
+        correct = sum(int((model(x[i: i + 1000]).argmax(1) == y[i: i + 1000]).sum()) for i in range(0, len(y), 1000))
+    model.train()
+    return correct / len(y)
+
+
+def run_cnnctl(config, test_x, test_y, target: float, out: Path) -> tuple[float | None, int]:
+    """Seconds of cnnctl training until the test accuracy first reaches ``target``, and the epoch."""
+    from cnnctl.engine import build_run, fit
+
+    state = {"start": time.perf_counter(), "excluded": 0.0, "reached": None, "epoch": 0}
+    run = build_run(config)
+
+    def on_epoch(row: dict) -> str | None:
+        t = time.perf_counter()
+        elapsed = t - state["start"] - state["excluded"]  # training time so far, earlier test passes excluded
+        acc = test_accuracy(run.model, test_x, test_y)
+        state["excluded"] += time.perf_counter() - t
+        if acc >= target and state["reached"] is None:
+            state["reached"], state["epoch"] = elapsed, row["epoch"]
+            return f"reached {acc:.4f}"
+        return None
+
+    run_dir = out / f"run-{time.monotonic_ns()}"
+    run_dir.mkdir(parents=True)
+    fit(run, run_dir, resume_command="", on_epoch=on_epoch)
+    return state["reached"], state["epoch"]
+
+
+def run_hand(config, train_x: torch.Tensor, train_y: torch.Tensor, mean: float, std: float, test_x, test_y,
+             target: float) -> tuple[float | None, int]:
+    """The same recipe written out by hand: uint8 data in memory, per-batch crops, Adam + OneCycleLR."""
+    from cnnctl.models.registry import create_model
+
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, in_channels=1, image_size=(28, 28), num_classes=10)
+    epochs, bs, pad = config.train.epochs, config.data.batch_size, config.data.augment.crop_padding
+    steps = (len(train_y) + bs - 1) // bs
+    opt = torch.optim.Adam(model.parameters(), lr=config.optimizer.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.optimizer.lr, total_steps=epochs * steps)
+    rows = torch.arange(28)
+    start, excluded = time.perf_counter(), 0.0
+    for epoch in range(epochs):
+        perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, len(perm), bs):
+            idx = perm[i: i + bs]
+            if len(idx) < 2:
+                continue
+            x = F.pad(train_x[idx].float().div_(255).sub_(mean).div_(std), (pad,) * 4)
+            dy, dx = torch.randint(0, 2 * pad + 1, (2, len(idx)))
+            x = x[torch.arange(len(idx))[:, None, None], 0, (dy[:, None] + rows)[:, :, None], (dx[:, None] + rows)[:, None, :]]
+            loss = F.cross_entropy(model(x[:, None]), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        t = time.perf_counter()
+        elapsed = t - start - excluded
+        acc = test_accuracy(model, test_x, test_y)
+        excluded += time.perf_counter() - t
+        if acc >= target:
+            return elapsed, epoch + 1
+    return None, epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--root", type=Path, default=ROOT / "data")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from bench_mnist import stage_mnist
+
+    from cnnctl.config import load_config
+    from cnnctl.data.base import load_data, to_model_input
+
+    stage_mnist(args.shared, args.root)
+    config, _ = load_config("lenet5-mnist", [f"data.root={args.root}", "train.checkpoint.monitor=val_acc"])
+    bundle = load_data(config.data, config.seed)
+    mean, std = bundle.mean[0], bundle.std[0]
+    test_x = to_model_input(bundle.test.images, bundle.mean, bundle.std, torch.device("cpu"))
+    test_y = bundle.test.labels
+    a_times, b_times = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            a, a_epoch = run_cnnctl(config, test_x, test_y, args.target, Path(tmp))
+            b, b_epoch = run_hand(config, bundle.train.images[:, 0], bundle.train.labels, mean, std, test_x, test_y,
+                                  args.target)
+            print(f"repeat {r + 1}: cnnctl {a and round(a, 1)} s (epoch {a_epoch}), hand-written "
+                  f"{b and round(b, 1)} s (epoch {b_epoch})", flush=True)
+            if a is not None and b is not None:
+                a_times.append(a)
+                b_times.append(b)
+    result = {"target": args.target, "threads": torch.get_num_threads(), "repeats": args.repeats,
+              "cnnctl_seconds": [round(t, 1) for t in a_times], "hand_seconds": [round(t, 1) for t in b_times]}
+    if a_times:
+        result["median_ratio"] = round(statistics.median(a / b for a, b in zip(a_times, b_times, strict=True)), 3)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Early stopping and best-metric tracking: stop epochs for given sequences, state round-trips."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cnnctl.callbacks import BestMetric, EarlyStopping, resolve_mode
+
+# (monitor, mode, patience, min_delta, values, expected stop epoch or None)
+CASES = [
+    ("val_loss", "auto", 2, 0.0, [1.0, 0.9, 0.95, 0.96, 0.5], 4),
+    ("val_loss", "auto", 3, 0.0, [1.0, 0.9, 0.8, 0.7, 0.6], None),
+    ("val_acc", "auto", 2, 0.0, [0.5, 0.6, 0.6, 0.59], 4),
+    ("val_acc", "auto", 1, 0.0, [0.5, 0.4], 2),
+    ("val_loss", "min", 2, 0.05, [1.0, 0.97, 0.96, 0.5], 3),  # improvements smaller than min_delta do not count
+    ("val_loss", "max", 2, 0.0, [1.0, 0.9, 0.8], 3),  # explicit mode wins over the name
+    ("val_loss", "auto", 5, 0.0, [1.0, math.nan], 2),  # a non-finite metric stops at once
+]
+
+
+@pytest.mark.parametrize(("monitor", "mode", "patience", "min_delta", "values", "expected"), CASES)
+def test_stop_epoch(monitor, mode, patience, min_delta, values, expected):
+    es = EarlyStopping(monitor, mode, patience, min_delta)
+    stopped = None
+    for epoch, value in enumerate(values, start=1):
+        stop, reason = es.step(value, epoch)
+        if stop:
+            stopped = epoch
+            assert reason and monitor in reason
+            break
+    assert stopped == expected
+
+
+def test_state_round_trip_decides_the_same():
+    values = [1.0, 0.8, 0.85, 0.9, 0.7, 0.75, 0.76, 0.77]
+    full = EarlyStopping("val_loss", patience=3)
+    decisions = [full.step(v, e)[0] for e, v in enumerate(values, 1)]
+    part = EarlyStopping("val_loss", patience=3)
+    for e, v in enumerate(values[:4], 1):
+        part.step(v, e)
+    resumed = EarlyStopping("val_loss", patience=3)
+    resumed.load_state_dict(part.state_dict())
+    assert decisions[4:] == [resumed.step(v, e)[0] for e, v in enumerate(values[4:], 5)]
+    assert resumed.state_dict() == full.state_dict()
+
+
+def test_best_metric_and_modes():
+    best = BestMetric("val_acc")
+    assert best.mode == "max"
+    assert best.update(0.5, 1) and not best.update(0.4, 2) and best.update(0.6, 3)
+    assert (best.best, best.best_epoch) == (0.6, 3)
+    again = BestMetric("val_acc")
+    again.load_state_dict(best.state_dict())
+    assert again.state_dict() == best.state_dict()
+    assert resolve_mode("train_loss", "auto") == "min"
+    with pytest.raises(ValueError):
+        resolve_mode("val_loss", "up")
+    with pytest.raises(ValueError):
+        EarlyStopping(patience=0)

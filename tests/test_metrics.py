@@ -1,0 +1,41 @@
+"""Metrics agree with an independent computation (scikit-learn)."""
+
+from __future__ import annotations
+
+import torch
+from sklearn.metrics import confusion_matrix as sk_cm
+from sklearn.metrics import precision_recall_fscore_support, top_k_accuracy_score
+
+from cnnctl.metrics import EvalAccumulator, confusion_matrix
+
+
+def test_against_sklearn():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 7, generator=g)
+    targets = torch.randint(0, 7, (500,), generator=g)
+    targets[:3] = 6  # make sure class 6 exists; class 5 may be rarely predicted
+    acc = EvalAccumulator(7, torch.device("cpu"))
+    for chunk in range(0, 500, 128):
+        lg, t = logits[chunk: chunk + 128], targets[chunk: chunk + 128]
+        acc.update(lg, t, torch.nn.functional.cross_entropy(lg, t, reduction="sum"))
+    r = acc.result([str(i) for i in range(7)])
+    preds = logits.argmax(1)
+    assert r["n"] == 500
+    assert r["confusion_matrix"] == sk_cm(targets, preds, labels=list(range(7))).tolist()
+    assert abs(r["accuracy"] - float((preds == targets).double().mean())) < 1e-12
+    assert abs(r["top5"] - top_k_accuracy_score(targets, logits.numpy(), k=5, labels=list(range(7)))) < 1e-12
+    assert abs(r["loss"] - float(torch.nn.functional.cross_entropy(logits, targets))) < 1e-6
+    p, rec, f, s = precision_recall_fscore_support(targets, preds, labels=list(range(7)), zero_division=0)
+    for i, row in enumerate(r["per_class"]):
+        assert abs(row["precision"] - p[i]) < 1e-12 and abs(row["recall"] - rec[i]) < 1e-12
+        assert abs(row["f1"] - f[i]) < 1e-12 and row["support"] == s[i]
+
+
+def test_no_top5_below_five_classes_and_unpredicted_class():
+    cm = confusion_matrix(torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1]), 3)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [1, 0, 0]]
+    acc = EvalAccumulator(3, torch.device("cpu"))
+    acc.update(torch.eye(3)[[0, 0, 1]], torch.tensor([0, 2, 1]), torch.tensor(0.0))
+    r = acc.result(["a", "b", "c"])
+    assert r["top5"] is None
+    assert r["per_class"][2] == {"class": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}

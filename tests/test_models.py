@@ -1,0 +1,315 @@
+"""The model zoo: every registered model runs; torchvision's parameter counts and state_dicts match exactly;
+custom stacks infer their shapes and name the layer at fault."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from cnnctl.config import ModelConfig
+from cnnctl.errors import ConfigError, ShapeError
+from cnnctl.models.layers import check_layers
+from cnnctl.models.registry import MODELS, create_model
+
+SMALL_CUSTOM = [{"conv": {"out": 4, "kernel": 3, "padding": 1}}, "relu", {"maxpool": 2}, "flatten", "linear"]
+
+
+def build(arch: str, channels: int = 3, side: int = 32, classes: int = 10, **options) -> nn.Module:
+    layers = options.pop("layers", SMALL_CUSTOM if arch == "custom" else [])
+    cfg = ModelConfig(arch=arch, layers=layers, **options)
+    return create_model(cfg, in_channels=channels, image_size=(side, side), num_classes=classes)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# The smallest sensible input for each family: AlexNet needs 63x63; VGG's five pools need 32; the deep ResNets
+# run their CIFAR stem on 16x16 (layer4 at 2x2) to keep the test fast.
+SIDES = {"alexnet": 64, "resnet101": 16, "resnet152": 16, "resnet200": 16, "lenet5": 28}
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_every_registered_model_runs_two_images(arch):
+    torch.manual_seed(0)
+    side = SIDES.get(arch, 32)
+    model = build(arch, side=side, classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, side, side))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+TORCHVISION_COUNTS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "vgg11": 132_863_336,
+    "vgg11_bn": 132_868_840,
+    "vgg13": 133_047_848,
+    "vgg13_bn": 133_053_736,
+    "vgg16": 138_357_544,
+    "vgg16_bn": 138_365_992,
+    "vgg19": 143_667_240,
+    "vgg19_bn": 143_678_248,
+    "alexnet": 61_100_840,
+}
+
+
+@pytest.mark.parametrize(("arch", "params"), TORCHVISION_COUNTS.items())
+def test_torchvision_parameter_count_and_strict_state_dict(arch, params):
+    # Built on the meta device: the same code paths, names and shapes without allocating or initialising 140M
+    # weights; test_torchvision_weights_give_torchvision_outputs loads real ones.
+    options = {} if arch == "alexnet" else {"stem": "imagenet"}
+    with torch.device("meta"):
+        ours = build(arch, side=224, classes=1000, **options)
+        theirs = torchvision.models.get_model(arch, weights=None)
+    assert n_params(ours) == params == n_params(theirs)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    assert [k for k, _ in ours.named_buffers()] == [k for k, _ in theirs.named_buffers()]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "vgg11_bn", "alexnet"])
+def test_torchvision_weights_give_torchvision_outputs(arch):
+    torch.manual_seed(0)
+    theirs = torchvision.models.get_model(arch, weights=None).eval()
+    ours = build(arch, side=224, classes=1000, **({} if arch == "alexnet" else {"stem": "imagenet"})).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_classic_parameter_counts():
+    assert n_params(build("lenet5", channels=1, side=28)) == 61_706  # LeCun et al. 1998 on 28x28 padded by 2
+    resnet20 = n_params(build("resnet20"))
+    # He et al. 2016, Table 6: 0.27M with zero-padding shortcuts (option A); our 1x1 projections add 2,752.
+    assert resnet20 == 272_474 and 0.26e6 < resnet20 < 0.28e6
+    assert n_params(build("resnet110")) == pytest.approx(1.7e6, rel=0.03)  # Table 6: 1.7M
+    assert n_params(build("alexnet", side=224, classes=1000)) == 61_100_840
+
+
+def test_cifar_resnet_layout():
+    model = build("resnet20")
+    assert [name for name, _ in model.named_children()] == [
+        "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "avgpool", "dropout", "fc"
+    ]  # fmt: skip
+    assert [len(getattr(model, f"layer{i}")) for i in (1, 2, 3)] == [3, 3, 3]
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.out_channels == 16 and model.fc.in_features == 64
+    assert model.layer1[0].downsample is None
+    projection = model.layer2[0].downsample  # option B: 1x1/2 conv + BN where the shape changes
+    assert isinstance(projection[0], nn.Conv2d) and projection[0].stride == (2, 2) and projection[0].out_channels == 32
+    assert len(build("resnet56").layer2) == 9
+    with pytest.raises(ConfigError, match="CIFAR net"):
+        build("resnet20", stem="imagenet")
+
+
+def test_lenet5_on_small_and_large_inputs():
+    digits = build("lenet5", channels=1, side=8)  # conv2 padded by 2 too: 8 -> 8 -> 4 -> 4 -> 2
+    assert digits.features[3].padding == (2, 2) and digits.classifier[0].in_features == 16 * 2 * 2
+    assert build("lenet5", channels=1, side=32).classifier[0].in_features == 400  # the paper's 32x32, no padding
+    assert build("lenet5", channels=3, side=64).classifier[0].in_features == 16 * 13 * 13
+    with torch.no_grad():
+        assert digits(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(ShapeError, match=r"at least 4x4") as info:
+        build("lenet5", channels=1, side=3)
+    assert "pool out = floor(1 / 2) = 0" in str(info.value)
+
+
+def test_lenet_options_and_an_option_an_arch_lacks():
+    tanh_avg = build("lenet5", channels=1, side=28, activation="tanh", pool="avg", dropout=0.25)
+    kinds = [type(m).__name__ for m in tanh_avg.features]
+    assert kinds == ["Conv2d", "Tanh", "AvgPool2d", "Conv2d", "Tanh", "AvgPool2d"]
+    assert tanh_avg.classifier[2].p == 0.25
+    with pytest.raises(ConfigError, match="model.activation"):
+        build("resnet18", activation="tanh")
+    with pytest.raises(ConfigError, match="model.stem"):
+        build("alexnet", side=64, stem="cifar")
+
+
+def test_stems():
+    cifar = build("resnet18", side=32)  # auto: below 64 pixels
+    assert isinstance(cifar.maxpool, nn.Identity) and cifar.conv1.kernel_size == (3, 3)
+    assert cifar.conv1.stride == (1, 1)
+    imagenet = build("resnet18", side=64)
+    assert imagenet.conv1.kernel_size == (7, 7) and isinstance(imagenet.maxpool, nn.MaxPool2d)
+    assert build("resnet18", side=224, stem="cifar").conv1.kernel_size == (3, 3)
+    # VGG: the 7x7 head only from 224 pixels, where the last map is 7x7 (built on meta: only the layout matters).
+    with torch.device("meta"):
+        assert build("vgg11", side=223).classifier[0].in_features == 512
+        assert build("vgg11", side=224).classifier[0].in_features == 512 * 7 * 7
+        assert build("vgg11", side=32, stem="imagenet").avgpool.output_size == (7, 7)
+
+
+def test_zero_init_residual_and_init():
+    zero = build("resnet18", zero_init_residual=True)
+    assert all(not b.bn2.weight.any() for layer in (zero.layer1, zero.layer4) for b in layer)
+    assert not build("resnet50", zero_init_residual=True).layer3[0].bn3.weight.any()
+    plain = build("resnet18")
+    assert bool((plain.layer1[0].bn2.weight == 1).all())
+    # kaiming_normal_(fan_out): std = sqrt(2 / (out * k * k)) = sqrt(2 / 576) for layer1's 64-channel 3x3 convs
+    assert plain.layer1[0].conv1.weight.std().item() == pytest.approx((2 / 576) ** 0.5, rel=0.05)
+
+
+def test_in_channels_changes_only_the_first_conv():
+    for arch, side in (("resnet18", 32), ("vgg11_bn", 32), ("alexnet", 64), ("lenet5", 28), ("resnet20", 32)):
+        rgb, gray = build(arch, channels=3, side=side).state_dict(), build(arch, channels=1, side=side).state_dict()
+        changed = [k for k in rgb if rgb[k].shape != gray[k].shape]
+        assert len(changed) == 1 and changed[0].endswith("weight"), (arch, changed)
+        assert gray[changed[0]].shape[1] == 1
+
+
+def test_torchvision_zoo_and_channels():
+    model = build("torchvision.mobilenet_v3_small", channels=1, side=32, classes=5).eval()
+    assert model.features[0][0].in_channels == 1
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 5)
+    with pytest.raises(ConfigError, match="Did you mean torchvision.resnet18"):
+        build("torchvision.resnet81")
+    with pytest.raises(ConfigError, match="model.dropout"):
+        build("torchvision.resnet18", dropout=0.5)
+
+
+EVERY_KIND = [
+    {"conv": {"out": 8, "kernel": 3, "padding": 1}},
+    "batchnorm",
+    "relu",
+    {"residual": [{"conv": {"out": 8, "kernel": 3, "padding": 1}}, "batchnorm", {"leaky_relu": 0.1}]},
+    {"maxpool": 2},
+    {"residual": [{"conv": {"out": 16, "kernel": 3, "stride": 2, "padding": 1}}, "gelu"]},
+    {"avgpool": 2},
+    "tanh",
+    {"sumpool": {"kernel": 2, "stride": 2}},
+    "sigmoid",
+    {"conv": 16},
+    {"adaptive_avgpool": 1},
+    "flatten",
+    {"dropout": 0.1},
+    {"linear": {"out": 32, "in": 16}},
+    "identity",
+    "batchnorm",
+    "relu",
+    "linear",
+]
+
+
+def test_custom_stack_with_every_kind():
+    torch.manual_seed(0)
+    model = build("custom", channels=1, side=32, layers=EVERY_KIND).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    layers = model.layers
+    assert isinstance(layers[3].shortcut, nn.Identity)  # the branch keeps 8x32x32
+    projection = layers[5].shortcut  # 8x16x16 -> 16x8x8: a 1x1/2 conv + BN
+    assert isinstance(projection[0], nn.Conv2d) and projection[0].stride == (2, 2) and projection[0].out_channels == 16
+    assert isinstance(layers[1], nn.BatchNorm2d) and isinstance(layers[16], nn.BatchNorm1d)
+    assert layers[10].kernel_size == (3, 3) and layers[10].padding == (1, 1)  # `conv: 16` keeps the size
+    assert layers[14].in_features == 16 and layers[18].out_features == 10  # inferred; the last is the classifier
+    assert layers[0].in_channels == 1 and layers[5].branch[0].in_channels == 8
+
+
+def test_custom_in_features_inferred_through_the_arithmetic():
+    layers = [{"conv": {"out": 6, "kernel": 5}}, {"maxpool": 2}, {"conv": {"out": 16, "kernel": 5}}, {"maxpool": 2}]
+    model = build("custom", channels=1, side=32, layers=[*layers, "flatten", {"linear": 120}, "linear"])
+    assert model.layers[5].in_features == 16 * 5 * 5
+    assert check_layers(layers, in_channels=1, image_size=(32, 28), num_classes=10) == (16, 5, 4)
+
+
+def test_sumpool_adds_up_each_window():
+    model = build("custom", channels=1, side=4, layers=[{"sumpool": 2}, "flatten", {"linear": {"bias": False}}])
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    assert model.layers[0](x).flatten().tolist() == [10.0, 18.0, 42.0, 50.0]
+
+
+@pytest.mark.parametrize(
+    ("layers", "error", "words"),
+    [
+        (
+            [{"conv": {"out": 4, "kernel": 5}}, {"maxpool": 2}, {"conv": {"out": 4, "kernel": 5}}, "flatten", "linear"],
+            ShapeError,
+            ["model.layers[2] (conv)", "4x2x2 map", "out = floor((2 + 2*0 - 5) / 1) + 1 = -2"],
+        ),
+        (
+            ["flatten", {"linear": {"out": 10, "in": 100}}, "linear"],
+            ShapeError,
+            ["model.layers[1] (linear)", "in = 100", "64 features reach it"],
+        ),
+        (
+            [{"convv": {"out": 4}}, "flatten", "linear"],
+            ConfigError,
+            ["model.layers[0]", "unknown layer kind 'convv'", "'conv'", "Known: conv, batchnorm"],
+        ),
+        (
+            [{"conv": {"out": 4, "kernal": 3}}, "flatten", "linear"],
+            ConfigError,
+            ["model.layers[0] (conv)", "'kernal'", "'kernel'"],
+        ),
+        ([{"conv": {"out": 4}}, "flatten", "linear"], ConfigError, ["model.layers[0] (conv)", "needs kernel"]),
+        (
+            [{"conv": {"out": 4, "kernel": 0}}, "flatten", "linear"],
+            ConfigError,
+            ["kernel must be an integer >= 1, not 0"],
+        ),
+        ([{"conv": {"out": 4, "kernel": "3"}}, "flatten", "linear"], ConfigError, ["kernel must be an integer"]),
+        (
+            [{"conv": {"out": 4, "kernel": 3, "bias": "no"}}, "flatten", "linear"],
+            ConfigError,
+            ["bias must be true or false"],
+        ),
+        (["flatten", {"dropout": 1.5}, "linear"], ConfigError, ["model.layers[1] (dropout)", "[0, 1)"]),
+        (["relu", {"tanh": 3}, "flatten", "linear"], ConfigError, ["model.layers[1] (tanh)", "no arguments"]),
+        (
+            [{"maxpool": {"kernel": 2, "padding": 2}}, "flatten", "linear"],
+            ConfigError,
+            ["model.layers[0] (maxpool)", "half the kernel"],
+        ),
+        ([{"conv": 4, "relu": None}, "flatten", "linear"], ConfigError, ["model.layers[0]", "one-key mapping"]),
+        (
+            [{"residual": ["flatten", {"linear": 8}]}, "linear"],
+            ShapeError,
+            ["model.layers[0] (residual)", "flatten", "outside"],
+        ),
+        (
+            [{"residual": [{"conv": {"out": 4, "kernel": 3}}]}, "flatten", "linear"],
+            ShapeError,
+            ["model.layers[0] (residual)", "1x8x8 map into 4x6x6 map", "no 1x1 projection"],
+        ),
+        (
+            ["relu", {"residual": [{"conv": 4}, {"conv": {"out": 4, "kernel": 9}}]}, "flatten", "linear"],
+            ShapeError,
+            ["model.layers[1].residual[1] (conv)", "out = floor((8 + 2*0 - 9) / 1) + 1 = 0"],
+        ),
+        (
+            [{"residual": {"conv": 4}}, "flatten", "linear"],
+            ConfigError,
+            ["model.layers[0] (residual)", "list of layers"],
+        ),
+        (
+            [{"conv": {"out": 4, "kernel": 3}}],
+            ShapeError,
+            ["last layer gives a 4x6x6 map", "10 class scores", "linear"],
+        ),
+        (["flatten", {"linear": 7}], ShapeError, ["last layer gives 7 features", "linear"]),
+        (["flatten", {"conv": 4}, "linear"], ShapeError, ["model.layers[1] (conv)", "feature map", "64 features"]),
+        ([{"conv": 8}, "linear"], ShapeError, ["model.layers[1] (linear)", "8x8x8 map", "add `flatten`"]),
+    ],
+)
+def test_custom_errors_name_the_layer(layers, error, words):
+    with pytest.raises(error) as info:
+        build("custom", channels=1, side=8, layers=layers)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_custom_refuses_the_model_level_dropout():
+    with pytest.raises(ConfigError, match="model.dropout.*dropout: 0.3"):
+        build("custom", dropout=0.5)
+
+
+def test_check_layers_returns_the_output_shape():
+    assert check_layers(SMALL_CUSTOM, in_channels=1, image_size=(8, 8), num_classes=3) == (3,)
+    assert check_layers([{"conv": 8}, {"maxpool": 2}], in_channels=3, image_size=(9, 9), num_classes=3) == (8, 4, 4)

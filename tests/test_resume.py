@@ -1,0 +1,270 @@
+"""Fault tolerance: exact resume after SIGKILL, signals, non-finite loss, failed saves, unsafe checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnctl.checkpoint import load_checkpoint, save_checkpoint
+from tests.conftest import ROOT, run_cnnctl, write_config
+
+# Dropout, augmentation and mid-epoch saves: every source of randomness and every kind of resume point.
+EXACT = """\
+seed: 3
+data: {dataset: digits, batch_size: 32, augment: {crop_padding: 1, hflip: true}}
+model: {arch: lenet5, dropout: 0.3}
+optimizer: {name: sgd, lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 0.0001}
+scheduler: {name: cosine, warmup_epochs: 0.5}
+train: {epochs: 3, early_stopping: {patience: 10}, checkpoint: {save_every: 1, save_every_steps: 7}}
+"""
+
+
+def tensors(ckpt: dict) -> dict[str, torch.Tensor]:
+    """Every weight and optimizer tensor of a checkpoint, by a flat name."""
+    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
+    for pid, state in ckpt["optimizer"]["state"].items():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                out[f"optimizer.{pid}.{k}"] = v
+    return out
+
+
+def max_difference(a: dict, b: dict) -> float:
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    return max(float((ta[k].double() - tb[k].double()).abs().max()) if ta[k].numel() else 0.0 for k in ta)
+
+
+def metrics_without_time(run_dir: Path) -> list[dict]:
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    for row in rows:
+        row.pop("epoch_seconds")
+    return rows
+
+
+def start(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cnnctl", "train", str(cfg), "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    cfg = write_config(tmp / "exact.yaml", EXACT)
+    result = run_cnnctl("train", cfg, "--out", tmp / "runs")
+    assert result.exit_code == 0, result.stderr
+    return cfg, Path(result.stdout.strip())
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_exact(reference, tmp_path):
+    cfg, ref_dir = reference
+    rng = random.Random(1)
+    out = tmp_path / "runs"
+    run_dir = out / "exact"
+    kills = 0
+    proc = start(cfg, out)
+    while True:
+        # Wait until there is something to resume from, then kill at a random moment after it.
+        deadline = time.monotonic() + 120
+        while not (run_dir / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None and kills < 3:
+            time.sleep(rng.uniform(0.0, 0.6))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            if proc.returncode == -signal.SIGKILL:
+                kills += 1
+            proc = start(cfg, out, "--resume", str(run_dir))
+            continue
+        proc.communicate(timeout=300)
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        break
+    assert kills >= 1
+    final, expected = load_checkpoint(run_dir / "last.pt"), load_checkpoint(ref_dir / "last.pt")
+    assert final["step"] == expected["step"]
+    assert max_difference(final, expected) == 0.0
+    assert metrics_without_time(run_dir) == metrics_without_time(ref_dir)
+
+
+def test_in_process_crash_mid_epoch_resumes_exactly(reference, tmp_path, monkeypatch, cli):
+    """A crash right after a mid-epoch save (step 7 of epoch 2) and one after an epoch-end save."""
+    cfg, ref_dir = reference
+    import cnnctl.engine as engine
+
+    for crash_at in (len_of_epoch(cfg) + 7, 2 * len_of_epoch(cfg)):
+        out = tmp_path / f"runs{crash_at}"
+        original = engine.save_checkpoint
+
+        def crashing_save(path, ckpt, crash_at=crash_at, original=original):
+            original(path, ckpt)
+            if ckpt["step"] == crash_at and Path(path).name == "last.pt":
+                raise KeyboardInterrupt  # stands for the process dying right after the save
+
+        monkeypatch.setattr(engine, "save_checkpoint", crashing_save)
+        assert cli("train", cfg, "--out", out).exit_code == 130
+        monkeypatch.setattr(engine, "save_checkpoint", original)
+        assert load_checkpoint(out / "exact" / "last.pt")["step"] == crash_at
+        result = cli("train", "--resume", out / "exact")
+        assert result.exit_code == 0, result.output
+        assert max_difference(load_checkpoint(out / "exact" / "last.pt"), load_checkpoint(ref_dir / "last.pt")) == 0.0
+        assert metrics_without_time(out / "exact") == metrics_without_time(ref_dir)
+
+
+def len_of_epoch(cfg: Path) -> int:
+    from cnnctl.config import load_config
+    from cnnctl.data.base import load_data
+
+    config, _ = load_config(cfg)
+    data = load_data(config.data, config.seed)
+    n = len(data.train.labels)
+    steps = -(-n // config.data.batch_size)
+    return steps - 1 if n % config.data.batch_size == 1 else steps
+
+
+def test_extend_a_finished_run(reference, tmp_path, cli):
+    cfg, ref_dir = reference
+    import shutil
+
+    run_dir = tmp_path / "exact"
+    shutil.copytree(ref_dir, run_dir)
+    again = cli("train", "--resume", run_dir)
+    assert again.exit_code == 2 and "already finished 3 of 3 epochs" in again.stderr
+    result = cli("train", "--resume", run_dir, "--set", "train.epochs=5")
+    assert result.exit_code == 0, result.output
+    rows = metrics_without_time(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[:3] == metrics_without_time(ref_dir)
+    assert load_checkpoint(run_dir / "last.pt")["config"]["train"]["epochs"] == 5
+
+
+@pytest.mark.parametrize(("key", "sets"), [("model.arch", ["model.arch=resnet20"]), ("data.batch_size", ["data.batch_size=16"]),
+                                           ("optimizer.name", ["optimizer.name=adam", "optimizer.nesterov=false"]),
+                                           ("data.dataset", ["data.dataset=fake"])])
+def test_resume_refuses_changes_of_meaning(reference, cli, key, sets):
+    _, ref_dir = reference
+    before = (ref_dir / "last.pt").read_bytes()
+    args = [a for kv in sets for a in ("--set", kv)]
+    result = cli("train", "--resume", ref_dir, *args, "--set", "train.epochs=9")
+    assert result.exit_code == 2
+    assert key in result.stderr and "different run" in result.stderr
+    assert (ref_dir / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_prints_resume_command(tmp_path, sig, code):
+    cfg = write_config(tmp_path / "sig.yaml", EXACT.replace("epochs: 3", "epochs: 200"))
+    proc = start(cfg, tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "sig"
+    deadline = time.monotonic() + 120
+    while not (run_dir / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert f"cnnctl train --resume {run_dir}" in stderr
+    assert "Traceback" not in stderr
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    assert ckpt["step"] > 0
+
+
+def test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint(tmp_path, cli, monkeypatch):
+    import cnnctl.engine as engine
+
+    class ExplodingLoss(torch.nn.CrossEntropyLoss):
+        """The real loss, turned to NaN from the 50th call on (epoch 2): as a diverging run would."""
+
+        calls = 0
+
+        def forward(self, logits, target):
+            ExplodingLoss.calls += 1
+            loss = super().forward(logits, target)
+            return loss * float("nan") if ExplodingLoss.calls >= 50 else loss
+
+    monkeypatch.setattr(engine.nn, "CrossEntropyLoss", ExplodingLoss)
+    cfg = write_config(tmp_path / "nan.yaml", """\
+data: {dataset: digits, batch_size: 32}
+model: {arch: lenet5}
+optimizer: {name: adam, lr: 0.001}
+train: {epochs: 3, checkpoint: {save_every_steps: 5}}
+""")
+    result = cli("train", cfg, "--out", tmp_path / "runs")
+    assert result.exit_code == 1, result.output
+    assert "nan at epoch 2, step 9" in result.stderr
+    assert "lower optimizer.lr" in result.stderr and "grad_clip" in result.stderr
+    ckpt = load_checkpoint(tmp_path / "runs" / "nan" / "last.pt")
+    assert ckpt["step"] == 46  # epoch 1 ends at step 41; the last save before the NaN at step 50
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_failed_save_reports_the_file_and_keeps_the_previous(tmp_path, cli, monkeypatch):
+    cfg = write_config(tmp_path / "disk.yaml", "data: {dataset: digits}\ntrain: {epochs: 3}\n")
+    import cnnctl.checkpoint as checkpoint
+
+    real_fsync = os.fsync
+    run_dir = tmp_path / "runs" / "disk"
+
+    def fsync(fd):
+        # Once a first last.pt exists, the disk is full for every later file written.
+        if (run_dir / "last.pt").exists() and stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    result = cli("train", cfg, "--out", tmp_path / "runs")
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.stderr and "intact" in result.stderr
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    load_checkpoint(run_dir / "last.pt")
+
+
+class Pickled:
+    pass
+
+
+@pytest.fixture(scope="module")
+def good_ckpt(reference):
+    return reference[1] / "best.pt"
+
+
+def test_checkpoint_safety(cli, tmp_path, good_ckpt):
+    ckpt = load_checkpoint(good_ckpt)
+    cases = {}
+    evil = dict(ckpt, extra=Pickled())
+    torch.save(evil, tmp_path / "code.pt")
+    cases["code.pt"] = "pickled Python objects"
+    data = good_ckpt.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    cases["truncated.pt"] = "truncated"
+    (tmp_path / "text.pt").write_text("this is not a checkpoint\n")
+    cases["text.pt"] = "not a PyTorch checkpoint"
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "bare.pt")
+    cases["bare.pt"] = "not a cnnctl checkpoint"
+    save_checkpoint(tmp_path / "newer.pt", dict(ckpt, format=99))
+    cases["newer.pt"] = "newer cnnctl"
+    (tmp_path / "empty.pt").write_bytes(b"")
+    cases["empty.pt"] = "empty file"
+    mismatch = dict(ckpt, config={**ckpt["config"], "model": {**ckpt["config"]["model"], "arch": "resnet20"}})
+    save_checkpoint(tmp_path / "mismatch.pt", mismatch)
+    cases["mismatch.pt"] = "do not match"
+    for name, words in cases.items():
+        for command in (["eval"], ["predict", str(ROOT / "README.md"), "-c"]):
+            result = cli(*command, tmp_path / name)
+            assert result.exit_code == 2, (name, result.output)
+            assert words in result.stderr and name in result.stderr, (name, result.stderr)
+            assert "Traceback" not in result.output
+        resumed = cli("train", "--resume", tmp_path / name)
+        assert resumed.exit_code == 2 and name in resumed.stderr
+    result = cli("eval", tmp_path)
+    assert result.exit_code == 2 and "best.pt" in result.stderr

@@ -1,0 +1,195 @@
+"""Network summaries: parameter and multiply-add counts, the weight-sharing comparison, the per-layer arithmetic and
+receptive fields of --explain, and check_input's message for a network that cannot take its input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from cnnctl.config import ModelConfig
+from cnnctl.errors import ShapeError
+from cnnctl.models.registry import create_model
+from cnnctl.models.summary import check_input, explain, format_explain, format_summary, summarize
+
+
+def build(arch: str, channels: int = 3, side: int | tuple[int, int] = 32, classes: int = 10, **options) -> nn.Module:
+    size = (side, side) if isinstance(side, int) else side
+    cfg = ModelConfig(arch=arch, **options)
+    return create_model(cfg, in_channels=channels, image_size=size, num_classes=classes)
+
+
+def test_resnet18_params_and_macs_match_torchvision():
+    s = summarize(build("resnet18", side=224, classes=1000), (3, 224, 224))
+    assert s["params"] == s["trainable_params"] == 11_689_512
+    # torchvision's table gives 1.81 "GFLOPS", which are multiply-adds of the convs and the fc.
+    assert s["macs"] == 1_814_073_344
+    assert s["size_mb"] == pytest.approx(11_689_512 * 4 / 2**20)
+    assert s["unlisted_params"] == 0
+    first = s["layers"][0]
+    assert first == {
+        "name": "conv1",
+        "kind": "Conv2d",
+        "output_shape": [64, 112, 112],
+        "params": 9408,
+        "macs": 118_013_952,
+    }
+    relus = [r for r in s["layers"] if r["name"] == "layer1.0.relu"]
+    assert len(relus) == 2 and all(r["params"] == 0 for r in relus)  # one module called twice: two rows
+    json.dumps(s)
+
+
+def test_lenet5_rows_and_totals():
+    s = summarize(build("lenet5", channels=1, side=28), (1, 28, 28))
+    assert [r["output_shape"] for r in s["layers"] if r["kind"] == "Conv2d"] == [[6, 28, 28], [16, 10, 10]]
+    assert sum(r["params"] for r in s["layers"]) == s["params"] == 61_706
+    # conv1: 5*5*1 per output * 6*28*28 outputs; conv2: 5*5*6 * 16*10*10; fcs: 400*120 + 120*84 + 84*10
+    assert s["macs"] == 25 * 4704 + 150 * 1600 + 48_000 + 10_080 + 840
+    model = build("lenet5", channels=1, side=28)
+    model.features.requires_grad_(False)
+    assert summarize(model, (1, 28, 28))["trainable_params"] == 61_706 - 156 - 2416
+
+
+def test_format_summary_table_and_weight_sharing():
+    text = format_summary(summarize(build("lenet5", channels=1, side=28), (1, 28, 28)), title="lenet5")
+    assert text.startswith("lenet5\n")
+    assert "features.3    Conv2d     16x10x10         2,416          240,000" in text
+    assert "61,706 parameters (61,706 trainable)" in text and "0.24 MB" in text
+    assert (
+        "a fully-connected layer from the 1x28x28 input to features.0's 6x28x28 output would need 784*4704 = "
+        "3,687,936 weights; features.0 shares 6 kernels of 1x5x5 = 150 weights (+6 biases)"
+    ) in text
+
+
+def test_weight_sharing_of_a_conv_after_other_layers():
+    layers = [{"maxpool": 2}, {"conv": {"out": 4, "kernel": 3, "bias": False}}, "flatten", "linear"]
+    s = summarize(build("custom", channels=3, side=16, layers=layers), (3, 16, 16))
+    text = format_summary(s)
+    assert "from its 3x8x8 input to layers.1's 4x6x6 output would need 192*144 = 27,648 weights" in text
+    assert "shares 4 kernels of 3x3x3 = 108 weights (+0 biases)" in text
+    assert (
+        format_summary(summarize(build("custom", side=4, layers=["flatten", "linear"]), (3, 4, 4))).count(
+            "Weight sharing"
+        )
+        == 0
+    )
+
+
+def test_explain_lenet5_arithmetic_and_receptive_fields():
+    rows = explain(build("lenet5", channels=1, side=28), (1, 28, 28))
+    fields = [(r["name"], r["receptive_field"], r["jump"]) for r in rows if "receptive_field" in r]
+    # By hand: rf += (k - 1) * jump, jump *= stride.
+    assert fields == [("features.0", 5, 1), ("features.2", 6, 2), ("features.3", 14, 2), ("features.5", 16, 4)]
+    conv1, pool1, conv2 = rows[0], rows[1], rows[2]
+    assert conv1["arithmetic"] == "out = floor((28 + 2*2 - 5) / 1) + 1 = 28"
+    assert conv1["param_formula"] == "k*k*c_in*c_out + c_out = 5*5*1*6 + 6 = 156" and conv1["params"] == 156
+    assert pool1["arithmetic"] == "out = floor((28 + 2*0 - 2) / 2) + 1 = 14" and "param_formula" not in pool1
+    assert conv2["arithmetic"] == "out = floor((14 + 2*0 - 5) / 1) + 1 = 10"
+    assert rows[4]["name"] == "classifier.0"
+    assert rows[4]["param_formula"] == "in*out + out = 400*120 + 120 = 48,120"
+    text = format_explain(rows)
+    assert "features.5 (MaxPool2d): 16x10x10 -> 16x5x5   RF 16x16, jump 4" in text
+    assert "params: k*k*c_in*c_out + c_out = 5*5*6*16 + 16 = 2,416" in text
+
+
+def test_explain_non_square_dilated_ceil_and_flatten():
+    rows = explain(build("lenet5", channels=1, side=(28, 32)), (1, 28, 32))
+    assert rows[0]["arithmetic"] == (
+        "H: out = floor((28 + 2*2 - 5) / 1) + 1 = 28; W: out = floor((32 + 2*2 - 5) / 1) + 1 = 32"
+    )
+    odd = nn.Sequential(
+        nn.Conv2d(1, 2, 3, dilation=2, bias=False), nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(2), nn.Flatten()
+    )
+    rows = explain(odd, (1, 9, 9))
+    assert rows[0]["arithmetic"] == "out = floor((9 + 2*0 - (2*(3 - 1) + 1)) / 1) + 1 = 5"
+    assert rows[0]["param_formula"] == "k*k*c_in*c_out = 3*3*1*2 = 18"
+    assert (rows[0]["receptive_field"], rows[0]["jump"]) == (5, 1)
+    assert rows[1]["arithmetic"] == "out = ceil((5 + 2*0 - 2) / 2) + 1 = 3" and rows[1]["output_shape"] == [2, 3, 3]
+    assert (rows[1]["receptive_field"], rows[1]["jump"]) == (6, 2)
+    assert rows[2]["param_formula"].startswith("2*c = 2*2 = 4")
+    assert rows[3]["arithmetic"] == "flatten: 2*3*3 = 18"
+
+
+def test_explain_follows_the_main_path_through_residual_blocks():
+    rows = explain(build("resnet18", side=32), (3, 32, 32))
+    by_name = {r["name"]: r for r in rows}
+    # The 1x1/2 projection runs after the block's branch and leaves the main path's receptive field as it was.
+    assert by_name["layer2.0.downsample.0"]["receptive_field"] == by_name["layer2.0.bn2"]["receptive_field"]
+    # CIFAR stem: conv1 3x3/1 (rf 3); layer1: four 3x3/1 convs (+8); layer2.0.conv1 3x3/2 (+2, jump 2)
+    assert (by_name["layer1.1.conv2"]["receptive_field"], by_name["layer1.1.conv2"]["jump"]) == (11, 1)
+    assert (by_name["layer2.0.conv1"]["receptive_field"], by_name["layer2.0.conv1"]["jump"]) == (13, 2)
+    assert by_name["avgpool"]["output_shape"] == [512, 1, 1]
+
+
+def test_check_input_names_the_layer_and_the_smallest_input():
+    model = build("alexnet", channels=1, side=8)
+    with pytest.raises(ShapeError) as info:
+        check_input(model, arch="alexnet", in_channels=1, image_size=(8, 8))
+    message = str(info.value)
+    for words in (
+        "model.arch alexnet cannot take a 1x8x8 input",
+        "features.2 (MaxPool2d) fails on the 64x1x1 map that reaches it",
+        "out = floor((1 + 2*0 - 3) / 2) + 1 = 0",
+        "alexnet needs inputs of at least 63x63: set data.image_size: 63",
+    ):
+        assert words in message, (words, message)
+    check_input(build("alexnet", channels=1, side=63), arch="alexnet", in_channels=1, image_size=(63, 63))
+    check_input(build("resnet18", side=8, stem="imagenet"), arch="resnet18", in_channels=3, image_size=(8, 8))
+    with pytest.raises(ShapeError, match=r"features\.20 \(MaxPool2d\).*at least 32x32"):
+        check_input(build("vgg11", side=16), arch="vgg11", in_channels=3, image_size=(16, 16))
+    assert model.training  # left as it was found
+
+
+class _Block(nn.Module):
+    """A residual block whose branch halves the map with no projection: the addition fails in the block itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + x
+
+
+def test_check_input_names_a_block_that_fails_after_its_layers_ran():
+    model = nn.Sequential(nn.Conv2d(1, 4, 1), nn.Sequential(nn.ReLU(), _Block()), nn.Flatten())
+    with pytest.raises(ShapeError, match=r"1\.1 \(_Block\) fails on the 4x8x8 map that reaches it") as info:
+        check_input(model, arch="custom-test", in_channels=1, image_size=(8, 8))
+    assert "torch: The size of tensor a (4) must match the size of tensor b (8)" in str(info.value)
+    assert "a size this model takes" in str(info.value)
+
+
+def test_summary_command_json_and_text(cli):
+    result = cli("summary", "lenet5-mnist", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["params"] == 61_706 and doc["input_shape"] == [1, 28, 28]
+    assert {"name", "kind", "output_shape", "params", "macs"} <= set(doc["layers"][0])
+    assert doc["weight_sharing"]["dense_weights"] == 3_687_936
+
+    text = cli("summary", "resnet18-cifar10", "--explain")
+    assert text.exit_code == 0, text.output
+    assert "Weight sharing" in text.stdout and "RF 3x3, jump 1" in text.stdout and "layer4.1.bn2" in text.stdout
+
+    for arch, stem, params in (("resnet18", "imagenet", 11_689_512), ("alexnet", "auto", 61_100_840)):
+        overrides = ["data.dataset=fake", "data.image_size=224", "data.channels=3", "data.num_classes=1000"]
+        args = [f"--set={o}" for o in (*overrides, f"model.arch={arch}", f"model.stem={stem}")]
+        result = cli("summary", "lenet5-digits", *args, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["params"] == params
+
+
+def test_impossible_shape_through_the_cli(cli, tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text("data: {dataset: digits}\nmodel: {arch: alexnet}\n")
+    result = cli("summary", path)
+    assert result.exit_code == 2
+    assert "alexnet" in result.stderr and "features.2 (MaxPool2d)" in result.stderr and "63x63" in result.stderr
+    assert "Traceback" not in result.output
+
+    path.write_text("data: {dataset: digits}\nmodel: {arch: custom, layers: [{conv: {out: 4, kernel: 9}}, linear]}\n")
+    result = cli("summary", path)
+    assert result.exit_code == 2 and "model.layers[0] (conv)" in result.stderr
+    assert "out = floor((8 + 2*0 - 9) / 1) + 1 = 0" in result.stderr

@@ -1,0 +1,146 @@
+"""End to end through the CLI: train on digits, evaluate, predict; the run directory contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import write_config
+
+TINY = """\
+seed: 0
+data: {{dataset: digits, batch_size: 64}}
+model: {{arch: {arch}}}
+optimizer: {{name: adam, lr: 0.003}}
+train: {{epochs: {epochs}, early_stopping: {{patience: 5}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short digits run shared by the tests below."""
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = write_config(tmp / "tiny.yaml", TINY.format(arch="lenet5", epochs=4))
+    result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp / "runs")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    return run_dir
+
+
+def test_run_directory(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"config.yaml", "metrics.csv", "best.pt", "last.pt", "summary.json", "curves.png", "confusion_matrix.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    rows = list(csv.DictReader((trained / "metrics.csv").open()))
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["epochs"] == 4 and summary["test"]["n"] == 359  # round(1797 * 0.2) - 0.4: the test split
+    assert summary["test"]["accuracy"] > 0.8
+    best = max(rows, key=lambda r: float(r["val_acc"]))
+    assert summary["best_epoch"] == int(best["epoch"])
+
+
+def test_second_run_gets_a_new_directory(cli, tmp_path):
+    cfg = write_config(tmp_path / "t.yaml", TINY.format(arch="lenet5", epochs=1))
+    first = cli("train", cfg, "--out", tmp_path / "runs")
+    second = cli("train", cfg, "--out", tmp_path / "runs", "--name", "t")
+    assert first.exit_code == 0 and second.exit_code == 0
+    assert Path(first.stdout.strip()).name == "t" and Path(second.stdout.strip()).name == "t-2"
+
+
+def test_eval_json_agrees_with_independent_computation(cli, trained):
+    from cnnctl.checkpoint import load_checkpoint
+    from cnnctl.config import Config
+    from cnnctl.data.base import load_data, to_model_input
+    from cnnctl.inference import model_from_checkpoint
+
+    result = cli("eval", trained / "best.pt", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) >= {"checkpoint", "split", "n", "loss", "accuracy", "top5", "per_class", "confusion_matrix"}
+    ckpt = load_checkpoint(trained / "best.pt")
+    cfg = Config.model_validate(ckpt["config"])
+    bundle = load_data(cfg.data, cfg.seed)
+    model = model_from_checkpoint(ckpt, "best.pt", torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(to_model_input(bundle.test.images, ckpt["input"]["mean"], ckpt["input"]["std"], torch.device("cpu")))
+    preds = logits.argmax(1)
+    assert report["n"] == len(bundle.test.labels)
+    assert report["accuracy"] == pytest.approx(float((preds == bundle.test.labels).double().mean()), abs=1e-12)
+    assert report["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, bundle.test.labels)), rel=1e-5)
+    assert sum(map(sum, report["confusion_matrix"])) == report["n"]
+
+
+def test_eval_text_and_ensemble(cli, trained, tmp_path):
+    text = cli("eval", trained)
+    assert text.exit_code == 0 and "accuracy" in text.stdout and "confusion matrix" in text.stdout
+    result = cli("eval", trained / "best.pt", trained / "last.pt", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert len(report["members"]) == 2 and report["ensemble"]["n"] == report["members"][0]["n"]
+    val = cli("eval", trained / "best.pt", "--split", "val", "--json")
+    assert json.loads(val.stdout)["split"] == "val"
+
+
+def test_predict_matches_eval_for_the_same_image(cli, trained, tmp_path):
+    from cnnctl.checkpoint import load_checkpoint
+    from cnnctl.config import Config
+    from cnnctl.data.base import load_data, to_model_input
+    from cnnctl.inference import model_from_checkpoint
+
+    ckpt = load_checkpoint(trained / "best.pt")
+    cfg = Config.model_validate(ckpt["config"])
+    bundle = load_data(cfg.data, cfg.seed)
+    image = bundle.test.images[5]
+    path = tmp_path / "digit.png"
+    Image.fromarray(image[0].numpy(), mode="L").save(path)
+    model = model_from_checkpoint(ckpt, "best.pt", torch.device("cpu"))
+    with torch.no_grad():
+        probs = model(to_model_input(image[None], ckpt["input"]["mean"], ckpt["input"]["std"], torch.device("cpu"))).softmax(1)[0]
+    result = cli("predict", path, "-c", trained / "best.pt", "--json", "--topk", "3")
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(result.stdout)
+    top = entry["topk"][0]
+    assert top["index"] == int(probs.argmax()) and top["class"] == bundle.classes[top["index"]]
+    assert top["prob"] == pytest.approx(float(probs.max()), abs=1e-6)
+    assert len(entry["topk"]) == 3
+
+
+def test_predict_reports_bad_files_and_predicts_the_rest(cli, trained, tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("L", (8, 8), 128).save(good)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    result = cli("predict", good, empty, text, tmp_path / "missing.png", "-c", trained / "best.pt", "--json")
+    assert result.exit_code == 2
+    entries = {Path(e["file"]).name: e for e in json.loads(result.stdout)}
+    assert "topk" in entries["good.png"]
+    for name in ("empty.png", "notes.png", "missing.png"):
+        assert "error" in entries[name]
+    assert "Traceback" not in result.output
+
+
+def test_predict_folder_recursive(cli, trained, tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for i, folder in enumerate([tmp_path / "a", tmp_path / "a" / "b"]):
+        Image.new("RGB", (20, 20), (i * 100, 50, 50)).save(folder / f"x{i}.jpg")
+    result = cli("predict", tmp_path / "a", "-c", trained, "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 2
+
+
+def test_unknown_checkpoint_errors(cli, tmp_path):
+    result = cli("eval", tmp_path / "nope.pt")
+    assert result.exit_code == 2 and "no such file" in result.stderr and "nope.pt" in result.stderr

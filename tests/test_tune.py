@@ -1,0 +1,203 @@
+"""``cnnctl tune``: spaces checked before any trial, grid/TPE/random studies on digits, pruning, a study shared by
+two processes through SQLite, and the ensemble of the best trials."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnnctl.config import load_config, parse_override
+from tests.conftest import ROOT, write_config
+
+pytest.importorskip("optuna")
+
+TINY = """\
+name: tiny
+seed: 0
+data: {dataset: digits, batch_size: 128}
+model: {arch: lenet5}
+optimizer: {name: adam, lr: 0.003}
+train: {epochs: 2, early_stopping: null}
+"""
+
+
+def read_trials(study_dir: Path) -> list[dict[str, str]]:
+    with (study_dir / "trials.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "tiny.yaml", TINY)
+
+
+def test_tpe_study_best_yaml_and_ensemble(cli, base, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="cnnctl")
+    # 1e-3 without a dot is a string to YAML; the space reads it as the number meant.
+    space = write_config(tmp_path / "space.yaml", "optimizer.lr: {loguniform: [1e-3, 1.0e-2]}\n"
+                                                  "model.dropout: {uniform: [0.0, 0.3]}\n")
+    result = cli("tune", base, "--space", space, "--trials", "3", "--method", "tpe", "--no-prune",
+                 "--ensemble-top", "2", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    study_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert study_dir == tmp_path / "out" / "tiny"
+
+    rows = read_trials(study_dir)
+    assert list(rows[0]) == ["trial", "optimizer.lr", "model.dropout", "val_acc", "epochs", "seconds", "state",
+                             "run_dir", "note"]
+    assert [r["trial"] for r in rows] == ["0", "1", "2"]
+    assert {r["state"] for r in rows} == {"complete"} and {r["epochs"] for r in rows} == {"2"}
+    assert all(1e-3 <= float(r["optimizer.lr"]) <= 1e-2 and 0 <= float(r["model.dropout"]) <= 0.3 for r in rows)
+    for r in rows:  # each trial is an ordinary run; its value is the best val_acc of its epochs
+        run = Path(r["run_dir"])
+        assert run == study_dir / f"trial-{int(r['trial']):04d}"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["trial"] == int(r["trial"]) and summary["pruned"] is False
+        with (run / "metrics.csv").open() as f:
+            assert float(r["val_acc"]) == max(float(m["val_acc"]) for m in csv.DictReader(f))
+
+    assert (study_dir / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    importances = json.loads((study_dir / "importances.json").read_text())
+    assert set(importances["importances"]) == {"optimizer.lr", "model.dropout"}
+
+    best = max(rows, key=lambda r: float(r["val_acc"]))
+    cfg, _ = load_config(study_dir / "best.yaml")
+    assert cfg.name == "tiny-best" and cfg.optimizer.lr == float(best["optimizer.lr"])
+    assert cfg.model.dropout == float(best["model.dropout"]) and cfg.train.epochs == 2
+
+    ensemble = json.loads((study_dir / "ensemble.json").read_text())
+    ranked = sorted(rows, key=lambda r: -float(r["val_acc"]))[:2]
+    assert [m["trial"] for m in ensemble["members"]] == [int(r["trial"]) for r in ranked]
+    assert ensemble["ensemble"]["split"] == "test" and ensemble["ensemble"]["n"] == 359
+    assert 0.0 <= ensemble["ensemble"]["accuracy"] <= 1.0
+    text = caplog.text
+    assert "ensemble of the 2 best trials on test (n=359)" in text
+    assert f"trial {ranked[0]['trial']:>4} (val_acc" in text and "optimizer.lr" in text  # the table
+
+    trained = cli("train", study_dir / "best.yaml", "--set", "train.epochs=1", "--out", tmp_path / "runs")
+    assert trained.exit_code == 0, trained.output
+    assert Path(trained.stdout.strip()).name == "tiny-best"
+
+
+def test_grid_runs_every_point_once(cli, base, tmp_path):
+    space = write_config(tmp_path / "grid.yaml", "optimizer.lr: [0.003, 0.01]\noptimizer.name: {choice: [adam]}\n")
+    result = cli("tune", base, "--space", space, "--method", "grid", "--study", "g", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    rows = read_trials(tmp_path / "out" / "g")
+    assert sorted(float(r["optimizer.lr"]) for r in rows) == [0.003, 0.01]
+    assert {r["optimizer.name"] for r in rows} == {"adam"} and {r["state"] for r in rows} == {"complete"}
+    assert sorted(p.name for p in (tmp_path / "out" / "g").glob("trial-*")) == ["trial-0000", "trial-0001"]
+    assert "note" in json.loads((tmp_path / "out" / "g" / "importances.json").read_text())  # one parameter varies
+
+
+def test_hopeless_trials_are_pruned(cli, base, tmp_path, monkeypatch):
+    monkeypatch.setattr("cnnctl.tune.PRUNER", {"n_startup_trials": 1, "n_warmup_steps": 0})
+    space = write_config(tmp_path / "space.yaml", "optimizer.lr: [0.003, 1.0e-7]\n")  # a good and a useless lr
+    # seed 0 draws lr 1e-7, 0.003, 1e-7: the second useless trial meets a median that the good run lifts
+    result = cli("tune", base, "--space", space, "--method", "random", "--trials", "3", "--seed", "0",
+                 "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    rows = read_trials(tmp_path / "out" / "tiny")
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    assert pruned, rows
+    for r in pruned:
+        assert float(r["optimizer.lr"]) == 1e-7 and r["epochs"] == "1" and "median" in r["note"]
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert summary["pruned"] is True and summary["trial"] == int(r["trial"]) and summary["epochs"] == 1
+        assert "median" in summary["stop_reason"]
+    assert any(r["state"] == "complete" and float(r["optimizer.lr"]) == 0.003 for r in rows)
+
+
+def test_two_processes_share_one_sqlite_study(cli, base, tmp_path):
+    space = write_config(tmp_path / "space.yaml", "optimizer.lr: {loguniform: [1.0e-3, 1.0e-2]}\n")
+    db = tmp_path / "study.db"
+    args = [sys.executable, "-m", "cnnctl", "tune", str(base), "--space", str(space), "--method", "random",
+            "--trials", "4", "--storage", f"sqlite:///{db}", "--study", "shared", "--out", str(tmp_path / "out"),
+            "--set", "train.threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    import optuna
+
+    trials = optuna.load_study(study_name="shared", storage=f"sqlite:///{db}").get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # four in all, none run twice
+    assert all(t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    dirs = sorted((tmp_path / "out" / "shared").glob("trial-*"))
+    assert [d.name for d in dirs] == ["trial-0000", "trial-0001", "trial-0002", "trial-0003"]
+    assert [json.loads((d / "summary.json").read_text())["trial"] for d in dirs] == [0, 1, 2, 3]
+    assert len({t.params["optimizer.lr"] for t in trials}) == 4  # the processes' samplers are seeded apart
+    assert len(read_trials(tmp_path / "out" / "shared")) == 4
+
+    again = cli("tune", base, "--space", space, "--method", "random", "--trials", "4", "--storage", f"sqlite:///{db}",
+                "--study", "shared", "--out", tmp_path / "out")  # the study is full: nothing more runs
+    assert again.exit_code == 0 and len(optuna.load_study(study_name="shared", storage=f"sqlite:///{db}").trials) == 4
+    other = write_config(tmp_path / "other.yaml", "optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
+    result = cli("tune", base, "--space", other, "--method", "random", "--trials", "5", "--storage", f"sqlite:///{db}",
+                 "--study", "shared", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "share one metric and space" in result.stderr
+
+
+@pytest.mark.parametrize(("text", "key", "expected"), [
+    ("optimizr.lr: {loguniform: [1.0e-4, 1.0e-1]}", "optimizr.lr", "did you mean 'optimizer.lr'"),
+    ("optimizer.name: {uniform: [0, 1]}", "optimizer.name", "takes a string"),
+    ("optimizer.lr: {uniform: [0.1, 0.01]}", "optimizer.lr", "low is greater than high"),
+    ("optimizer.name: {choice: []}", "optimizer.name", "non-empty list"),
+    ("optimizer.name: [sgd, adamm]", "optimizer.name", "did you mean 'adam'"),
+    ("optimizer.lr: {loguniform: [0, 0.1]}", "optimizer.lr", "low must be > 0"),
+    ("model.dropout: {uniform: [0.0, 1.5]}", "model.dropout", "less than 1"),
+    ("data.batch_size: {uniform: [16, 64]}", "data.batch_size", "takes whole numbers"),
+    ("optimizer.lr: {logunifrom: [1.0e-4, 1.0e-1]}", "optimizer.lr", "did you mean 'loguniform'"),
+    ("optimizer.lr: 0.1", "optimizer.lr", "give a list of values"),
+])
+def test_bad_space_is_refused_before_any_trial(cli, base, tmp_path, text, key, expected):
+    space = write_config(tmp_path / "bad.yaml", text + "\n")
+    result = cli("tune", base, "--space", space, "--trials", "2", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert f"{space}: {key}:" in result.stderr and expected.lower() in result.stderr.lower(), result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_grid_needs_listed_values(cli, base, tmp_path):
+    space = write_config(tmp_path / "bad.yaml", "optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}\n")
+    result = cli("tune", base, "--space", space, "--method", "grid", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "optimizer.lr: --method grid needs the values listed" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_and_missing_optuna(cli, base, tmp_path, monkeypatch):
+    space = write_config(tmp_path / "space.yaml", "optimizer.lr: [0.01, 0.1]\n")
+    result = cli("tune", base, "--space", space, "--metric", "val_accuracy")
+    assert result.exit_code == 2 and "did you mean 'val_acc'" in result.stderr
+    result = cli("tune", base, "--space", tmp_path / "nope.yaml")
+    assert result.exit_code == 2 and "no such space file" in result.stderr
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
+    result = cli("tune", base, "--space", space, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "pip install 'cnnctl[tune]'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bundled_space_validates_against_its_config():
+    from cnnctl.tune import load_space, resolve_space_path
+
+    cfg, path = load_config("lenet5-digits")
+    params = load_space(resolve_space_path("lenet5-digits"), cfg.dump(), str(path), grid=False)
+    assert {p.key: p.kind for p in params} == {"optimizer.lr": "loguniform", "optimizer.name": "choice",
+                                               "model.dropout": "uniform", "data.batch_size": "choice"}
+
+
+@pytest.mark.parametrize("value", [1e-05, 0.1 + 0.2, "adam", None, True, 64, "yes", "1e-3"])
+def test_trial_values_round_trip_through_set(value):
+    from cnnctl.tune import _yaml_value
+
+    assert parse_override(f"k={_yaml_value(value)}")[1] == value

@@ -13,6 +13,17 @@ import torch
 import torch.distributed as dist
 
 
+def _attempt_store(rank: int, world_size: int) -> dist.Store:
+    """torchrun's store, with a key prefix of its own for each elastic restart.
+
+    torchrun keeps one TCPStore for the whole job, so after a restart (``--max-restarts``) the process group's keys
+    from the attempt that died are still there: a rank could read a dead peer's address and time out connecting to it
+    (pytorch/pytorch#167288). A prefix per ``TORCHELASTIC_RESTART_COUNT`` gives every attempt clean keys.
+    """
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size))
+    return dist.PrefixStore(f"cnnctl/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 @dataclass
 class DistContext:
     rank: int = 0
@@ -35,7 +46,8 @@ class DistContext:
         if use_cuda:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo")
+            dist.init_process_group("nccl" if use_cuda else "gloo", store=_attempt_store(rank, world_size),
+                                    rank=rank, world_size=world_size)
         dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
         return cls(rank, world_size, local_rank, dev)
 
@@ -88,6 +100,10 @@ class DistContext:
         if self.world_size > 1:
             dist.barrier()
 
-    def close(self) -> None:
+    def close(self, *, finished: bool = True) -> None:
+        """Leave the process group; after a clean finish, all ranks together (a barrier first), so none tears down
+        its connections while a peer still uses them. After an error, at once: the peers may never arrive."""
         if self.world_size > 1 and dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()

@@ -666,6 +666,7 @@ def train(config: Config | None, *, overrides: list[str] | None = None, name: st
     dist = DistContext.from_env(device or config.train.device)
     if not dist.is_main:
         log.setLevel(logging.WARNING)  # rank 0 alone reports progress
+    finished = False
     try:
         run = build_run(config, device=device, dist=dist)
         partial = None
@@ -701,9 +702,11 @@ def train(config: Config | None, *, overrides: list[str] | None = None, name: st
                 module, device_ids=[dist.local_rank] if run.device.type == "cuda" else None)
         run.train_module = module
         resume_command = f"cnnctl train --resume {run_dir}" + "".join(f" --set {o}" for o in overrides if "epochs" in o)
-        return fit(run, run_dir, resume_command=resume_command, partial=partial, on_epoch=on_epoch)
+        summary = fit(run, run_dir, resume_command=resume_command, partial=partial, on_epoch=on_epoch)
+        finished = True
+        return summary
     finally:
-        dist.close()
+        dist.close(finished=finished)
 
 
 def _elastic_marker(out: str | Path) -> Path | None:

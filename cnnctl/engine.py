@@ -43,6 +43,35 @@ REFRESH_SECONDS = 1.0
 
 # ---------------------------------------------------------------- device, precision, seeding
 
+# glibc malloc serves each block above 128 KiB with a fresh mmap and returns freed heap to the system, and
+# PyTorch's CPU allocator does not cache: every activation of every step then costs page faults. Keeping those
+# blocks in the heap made CPU training ~30% faster and steadier (lenet5, 12,000 MNIST-sized images, 2 threads:
+# 0.55-0.65 s per epoch against 0.76-1.10 s; see README, Performance). The process keeps its peak heap instead of
+# handing it back, the same trade jemalloc and tcmalloc make. CNNCTL_DEFAULT_MALLOC=1 leaves glibc as it is.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_ALLOCATOR_LIMIT = 1 << 30
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Raise glibc's mmap and trim thresholds once per process (Linux with glibc only); True when done."""
+    global _allocator_tuned
+    if _allocator_tuned or os.environ.get("CNNCTL_DEFAULT_MALLOC") == "1" or not sys.platform.startswith("linux"):
+        return _allocator_tuned
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _allocator_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, _ALLOCATOR_LIMIT)
+                                and libc.mallopt(_M_TRIM_THRESHOLD, _ALLOCATOR_LIMIT))
+    except (OSError, AttributeError):
+        return False
+    return _allocator_tuned
+
+
 
 def select_device(spec: str) -> torch.device:
     """``auto`` is CUDA when present, else CPU; asking for a device that is not there is bad input."""
@@ -276,6 +305,7 @@ def build_run(config: Config, *, device: str | None = None, dist: DistContext | 
     """Data, model, optimizer, schedule and callbacks for ``config``, on the chosen device."""
     dist = dist or DistContext.from_env()
     cfg = config
+    tune_cpu_allocator()
     if cfg.train.threads != "auto":
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)

@@ -53,8 +53,9 @@ def evaluate_checkpoints(paths: list[str], *, split: str = "test", data_root: st
                          device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
     """Evaluate each checkpoint on ``split``; with several, also their ensemble (mean of softmax)."""
     from cnnctl.data.base import make_loader
-    from cnnctl.engine import evaluate, select_device
+    from cnnctl.engine import evaluate, select_device, tune_cpu_allocator
 
+    tune_cpu_allocator()
     dev = select_device(device)
     cache: dict[str, Any] = {}
     members, probs, labels, classes = [], [], None, None

@@ -33,7 +33,7 @@ def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, 
     """Top-k predictions for each image; a file that cannot be read gets ``error`` instead of ``topk``."""
     from cnnctl.checkpoint import load_checkpoint, run_checkpoint
     from cnnctl.data.transforms import load_image
-    from cnnctl.engine import select_device
+    from cnnctl.engine import select_device, tune_cpu_allocator
     from cnnctl.inference import model_from_checkpoint, newest_best
 
     if topk < 1:
@@ -43,6 +43,7 @@ def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, 
 
         return onnx_predict(checkpoint, inputs, topk=topk, batch_size=batch_size)
     path = run_checkpoint(checkpoint, "best.pt") if checkpoint else newest_best()
+    tune_cpu_allocator()
     dev = select_device(device)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, str(path), dev)

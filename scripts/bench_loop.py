@@ -26,7 +26,7 @@ from torch import nn
 
 from cnnctl.config import Config
 from cnnctl.data.base import DataBundle, TensorSplit
-from cnnctl.engine import build_run, fit
+from cnnctl.engine import build_run, fit, tune_cpu_allocator
 
 CASES = {
     # name: (arch, channels, side, samples, batch)
@@ -42,19 +42,20 @@ def synthetic(channels: int, side: int, n: int, seed: int = 0) -> TensorSplit:
     return TensorSplit(images, labels)
 
 
-def config_for(arch: str, batch: int, epochs: int, device: str) -> Config:
+def config_for(arch: str, batch: int, epochs: int, device: str, **train: object) -> Config:
     return Config.model_validate({
         "name": "bench", "seed": 0,
         "data": {"dataset": "fake", "batch_size": batch, "val_split": 0, "normalize": "none"},
         "model": {"arch": arch},
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
         "train": {"epochs": epochs, "device": device, "early_stopping": None,
-                  "checkpoint": {"monitor": "train_loss"}, "channels_last": False, "precision": "fp32"},
+                  "checkpoint": {"monitor": "train_loss"}, "channels_last": False, "precision": "fp32",
+                  **train},
     })
 
 
 def run_cnnctl(cfg: Config, split: TensorSplit, out: Path) -> tuple[float, list[float]]:
-    """Wall time of fit and its per-epoch training seconds."""
+    """Wall time of fit and its per-epoch training seconds (``train.compile`` honoured as ``cnnctl train`` does)."""
     import cnnctl.data.base as data_base
 
     # The bench feeds its own tensors through the real loader: swap load_data for one returning them.
@@ -70,6 +71,8 @@ def run_cnnctl(cfg: Config, split: TensorSplit, out: Path) -> tuple[float, list[
     try:
         start = time.perf_counter()
         run = build_run(cfg)
+        if cfg.train.compile:
+            run.train_module = torch.compile(run.model)
         run_dir = out / f"run-{time.monotonic_ns()}"
         run_dir.mkdir(parents=True)
         summary = fit(run, run_dir, resume_command="")
@@ -109,7 +112,7 @@ def run_hand(cfg: Config, split: TensorSplit) -> tuple[float, list[float]]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        float(loss)  # one sync, as an epoch-end log line would
+        float(loss.detach())  # one sync, as an epoch-end log line would
         epoch_seconds.append(time.perf_counter() - t0)
     return time.perf_counter() - start, epoch_seconds
 
@@ -123,6 +126,9 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    # Both sides share the process, so both get the allocator settings cnnctl makes (engine.tune_cpu_allocator;
+    # scripts/bench_allocator.py measures what they are worth); set CNNCTL_DEFAULT_MALLOC=1 to run both without.
+    tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {}

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_loop.py [--repeats 5] [--epochs 3] [--threads N] [--device cpu]
 
-For each model (lenet5 on MNIST-shaped data, resnet20 on CIFAR-shaped data) it alternates A B A B: A is
+For each model (lenet5 on MNIST-shaped data, resnet20 on CIFAR-shaped data) it alternates A B B A: A is
 ``cnnctl.engine.fit`` (the code ``cnnctl train`` runs: progress, metrics.csv, checkpoints, summary.json; no
 validation split so both sides do the same arithmetic), B is the hand-written loop on the same model, data,
 batch size, dtype and threads. It prints steady-state images/s of each (epochs after the first), the median
@@ -140,11 +140,17 @@ def main() -> None:
             run_hand(cfg, split)  # warm-up: allocator, kernels, first-touch
             short = config_for(arch, batch, 1, args.device)
             a_ips, b_ips, ratios, overheads = [], [], [], []
-            for _ in range(args.repeats):
-                a_wall, a_epochs = run_cnnctl(cfg, split, Path(tmp))
-                b_wall, b_epochs = run_hand(cfg, split)
-                a_short, _ = run_cnnctl(short, split, Path(tmp))
-                b_short, _ = run_hand(short, split)
+            for r in range(args.repeats):
+                if r % 2 == 0:  # A B B A: a drift of the machine's speed cancels out over two repeats
+                    a_wall, a_epochs = run_cnnctl(cfg, split, Path(tmp))
+                    b_wall, b_epochs = run_hand(cfg, split)
+                    b_short, _ = run_hand(short, split)
+                    a_short, _ = run_cnnctl(short, split, Path(tmp))
+                else:
+                    b_wall, b_epochs = run_hand(cfg, split)
+                    a_wall, a_epochs = run_cnnctl(cfg, split, Path(tmp))
+                    a_short, _ = run_cnnctl(short, split, Path(tmp))
+                    b_short, _ = run_hand(short, split)
                 a = n / statistics.median(a_epochs[1:] or a_epochs)
                 b = n / statistics.median(b_epochs[1:] or b_epochs)
                 a_ips.append(a)

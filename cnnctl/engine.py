@@ -277,6 +277,11 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_module: nn.Module | None = None  # the module trained: compiled and/or DDP-wrapped
 
+    @property
+    def module(self) -> nn.Module:
+        """The module that trains and evaluates. (Not an ``or`` of the two: a compiled ResNet has no truth value.)"""
+        return self.train_module if self.train_module is not None else self.model
+
     def checkpoint(self, partial: EpochState | None = None) -> dict[str, Any]:
         cfg = self.config
         return {
@@ -451,7 +456,7 @@ def fit(run: Run, run_dir: Path, *, resume_command: str, partial: EpochState | N
     epochs = cfg.train.epochs
     steps_per_epoch = len(run.train_loader)
     classes = run.data.classes
-    train_module = run.train_module or run.model
+    train_module = run.module
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     started = time.perf_counter()
     stop_reason: str | None = None
@@ -591,7 +596,7 @@ def finish(run: Run, run_dir: Path, *, stop_reason: str | None, wall_seconds: fl
         weights = "best"
     test = None
     if run.test_loader is not None:
-        acc, _ = evaluate(run.train_module or run.model, run.test_loader.batches(0), len(run.data.classes), run.device,
+        acc, _ = evaluate(run.module, run.test_loader.batches(0), len(run.data.classes), run.device,
                           amp_dtype=run.amp_dtype)
         test = run.dist.reduce_eval(acc, run.data.classes)
     best_row = next((r for r in run.history if r["epoch"] == run.best.best_epoch), None)

@@ -78,7 +78,7 @@ def run_hand(config, train_x: torch.Tensor, train_y: torch.Tensor, mean: float, 
                 continue
             x = F.pad(train_x[idx].float().div_(255).sub_(mean).div_(std), (pad,) * 4)
             dy, dx = torch.randint(0, 2 * pad + 1, (2, len(idx)))
-            x = x[torch.arange(len(idx))[:, None, None], 0, (dy[:, None] + rows)[:, :, None], (dx[:, None] + rows)[:, None, :]]
+            x = x[torch.arange(len(idx))[:, None, None], (dy[:, None] + rows)[:, :, None], (dx[:, None] + rows)[:, None, :]]
             loss = F.cross_entropy(model(x[:, None]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -30,7 +30,7 @@ data: {dataset: digits, batch_size: 32, image_size: 16, augment: {crop_padding: 
 model: {arch: lenet5, dropout: 0.2}
 optimizer: {name: sgd, lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 0.0005}
 scheduler: {name: cosine, warmup_epochs: 1}
-train: {epochs: 8, early_stopping: null, checkpoint: {save_every_steps: 7}}
+train: {epochs: 30, early_stopping: null, checkpoint: {save_every_steps: 7}}
 """
 
 
@@ -90,15 +90,20 @@ def main() -> None:
                 while proc.poll() is None and time.monotonic() < deadline \
                         and not any(p.name.endswith(".tmp") for p in run_dir.iterdir()):
                     time.sleep(0.0005)
-            else:
-                time.sleep(rng.uniform(0.05, 1.5))
+            else:  # a random moment within the training (the uninterrupted run's length, less start-up and finish)
+                time.sleep(rng.uniform(0.05, max(0.1, 0.6 * ref_seconds - 3)))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
                 import torch
 
-                step = torch.load(run_dir / "last.pt", weights_only=True)["step"]
+                ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+                step = ckpt["step"]
+                if ckpt["epoch"] >= ckpt["config"]["train"]["epochs"] and ckpt.get("partial_epoch") is None:
+                    print(f"kill {kills} ({mode}): after the last epoch (during the test pass); nothing to resume")
+                    log.append({"kill": kills, "mode": mode, "after_training": True})
+                    break
                 log.append({"kill": kills, "mode": mode, "resumed_from_step": step})
                 print(f"kill {kills} ({mode}): last.pt at step {step}; resuming", flush=True)
                 proc = train(cfg, tmp / "b", "--resume", str(run_dir))

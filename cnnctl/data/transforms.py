@@ -46,11 +46,6 @@ def load_image(path: str | Path, channels: int, size: tuple[int, int] | None = N
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise DataError("empty file (0 bytes), not an image", file=str(path))
-    except OSError as e:
-        raise DataError(f"cannot read: {e.strerror or e}", file=str(path)) from None
-    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             # One open: load() raises on truncated or corrupt data (PIL does not load truncated images unless
@@ -67,14 +62,27 @@ def load_image(path: str | Path, channels: int, size: tuple[int, int] | None = N
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"refused as a possible decompression bomb: {e}", file=str(path)) from None
     except UnidentifiedImageError:
+        if _is_empty(path):
+            raise DataError("empty file (0 bytes), not an image", file=str(path)) from None
         raise DataError("not an image (PIL cannot identify its format); remove it or convert it to PNG or JPEG",
                         file=str(path)) from None
+    except OSError as e:
+        if e.errno is not None:  # the file system's error (missing, unreadable, a folder), not a decoder's
+            raise DataError(f"cannot read: {e.strerror or e}", file=str(path)) from None
+        raise DataError(f"truncated or corrupt image ({e}); re-export or remove it", file=str(path)) from None
     except Exception as e:  # PIL's decoders raise OSError, SyntaxError, ValueError, EOFError, ... on corrupt files
         reason = str(e) or type(e).__name__
         raise DataError(f"truncated or corrupt image ({reason}); re-export or remove it", file=str(path)) from None
     image = torch.from_numpy(array)
     image = image[None] if image.ndim == 2 else image.permute(2, 0, 1).contiguous()
     return resize(image, size) if size is not None else image
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _check_pixels(im: Image.Image, path: Path) -> None:

@@ -440,8 +440,7 @@ def onnx_predict(model_path: str | Path, inputs: list[str], topk: int = 5, *,
     preprocessing stored in the file's metadata.
     """
     from cnnctl.data.base import to_model_input
-    from cnnctl.data.transforms import load_image
-    from cnnctl.predict import find_images
+    from cnnctl.predict import predict_files
 
     if topk < 1:
         raise CnnctlError(f"--topk must be at least 1, not {topk}")
@@ -457,32 +456,14 @@ def onnx_predict(model_path: str | Path, inputs: list[str], topk: int = 5, *,
     def run(x: np.ndarray) -> np.ndarray:
         return session.run(None, {name: x})[0]
 
-    classes, size = meta["classes"], tuple(meta["size"])
+    classes = meta["classes"]
     k = min(topk, len(classes))
-    results: list[dict[str, Any]] = []
-    pending: list[tuple[dict[str, Any], torch.Tensor]] = []
 
-    def flush() -> None:
-        if not pending:
-            return
-        x = to_model_input(torch.stack([t for _, t in pending]), meta["mean"], meta["std"], torch.device("cpu"))
+    def classify(images: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
+        x = to_model_input(images, meta["mean"], meta["std"], torch.device("cpu"))
         probs = softmax(_run_batched(run, x.numpy(), batch))
-        for (entry, _), p in zip(pending, probs, strict=True):
-            top = np.argsort(-p, kind="stable")[:k]
-            entry["topk"] = [{"class": classes[int(j)], "index": int(j), "prob": float(p[j])} for j in top]
-        pending.clear()
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(probs, top, axis=1).tolist(), top.tolist()
 
-    for file, error in find_images(inputs):
-        entry: dict[str, Any] = {"file": file}
-        results.append(entry)
-        if error:
-            entry["error"] = error
-            continue
-        try:
-            pending.append((entry, load_image(file, meta["channels"], size)))
-        except CnnctlError as e:
-            entry["error"] = str(e)
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    return results
+    return predict_files(inputs, classes, channels=meta["channels"], size=tuple(meta["size"]), batch_size=batch_size,
+                         classify=classify)

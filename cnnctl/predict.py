@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cnnctl.data.transforms import IMAGE_SUFFIXES
+from cnnctl.data.transforms import IMAGE_SUFFIXES, load_image
 from cnnctl.errors import CnnctlError
 
 
@@ -44,7 +44,6 @@ def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, 
             batch_size: int = 256) -> list[dict[str, Any]]:
     """Top-k predictions for each image; a file that cannot be read gets ``error`` instead of ``topk``."""
     from cnnctl.checkpoint import load_checkpoint, run_checkpoint
-    from cnnctl.data.transforms import load_image
     from cnnctl.engine import select_device, tune_cpu_allocator
     from cnnctl.inference import model_from_checkpoint, newest_best
 
@@ -62,19 +61,33 @@ def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, 
     spec, classes = ckpt["input"], ckpt["classes"]
     size = tuple(spec["size"])
     k = min(topk, len(classes))
+
+    def classify(images: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
+        from cnnctl.data.base import to_model_input
+
+        x = to_model_input(images, spec["mean"], spec["std"], dev)
+        with torch.inference_mode():
+            top = model(x).float().softmax(1).cpu().topk(k, dim=1)
+        return top.values.tolist(), top.indices.tolist()
+
+    return predict_files(inputs, classes, channels=spec["channels"], size=size, batch_size=batch_size,
+                         classify=classify)
+
+
+def predict_files(inputs: list[str], classes: list[str], *, channels: int, size: tuple[int, int], batch_size: int,
+                  classify: Callable[[torch.Tensor], tuple[list[list[float]], list[list[int]]]]) -> list[dict[str, Any]]:
+    """Read ``inputs`` batch by batch; ``classify(uint8 [B, C, H, W])`` gives each image's top-k (probs, indices).
+
+    A file that cannot be read gets ``error`` in its entry and the others are still predicted.
+    """
     results: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], torch.Tensor]] = []
 
     def flush() -> None:
         if not pending:
             return
-        from cnnctl.data.base import to_model_input
-
-        x = to_model_input(torch.stack([t for _, t in pending]), spec["mean"], spec["std"], dev)
-        with torch.inference_mode():
-            probs = model(x).float().softmax(1).cpu()
-        top = probs.topk(k, dim=1)
-        for (entry, _), p, i in zip(pending, top.values.tolist(), top.indices.tolist(), strict=True):
+        probs, indices = classify(torch.stack([t for _, t in pending]))
+        for (entry, _), p, i in zip(pending, probs, indices, strict=True):
             entry["topk"] = [{"class": classes[j], "index": j, "prob": q} for q, j in zip(p, i, strict=True)]
         pending.clear()
 
@@ -85,7 +98,7 @@ def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, 
             entry["error"] = error
             continue
         try:
-            pending.append((entry, load_image(file, spec["channels"], size)))
+            pending.append((entry, load_image(file, channels, size)))
         except CnnctlError as e:
             entry["error"] = str(e)
         if len(pending) >= batch_size:

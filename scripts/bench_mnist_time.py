@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench_mnist_time.py [--repeats 2] [--target 0.99] [--shared ../shared/data]
 
 Both sides use the same recipe (LeNet-5, Adam, one-cycle lr, batch 128, random crops with padding 2, the same
-54,000 training images, seed 0) and the same threads, alternating A B A B. After every epoch the test accuracy
+54,000 training images, seed 0, the same data order and crop offsets) and the same threads, alternating
+A B A B. After every epoch the test accuracy
 is measured outside the clock; the figure is the training wall time until it first reaches the target.
 cnnctl's time includes what ``cnnctl train`` does besides the arithmetic (the validation pass, metrics.csv,
 checkpoints); the hand-written loop does none of it. Prints the median times and their ratio.
@@ -59,7 +60,12 @@ def run_cnnctl(config, test_x, test_y, target: float, out: Path) -> tuple[float 
 
 def run_hand(config, train_x: torch.Tensor, train_y: torch.Tensor, mean: float, std: float, test_x, test_y,
              target: float) -> tuple[float | None, int]:
-    """The same recipe written out by hand: uint8 data in memory, per-batch crops, Adam + OneCycleLR."""
+    """The same recipe written out by hand: uint8 data in memory, per-batch crops, Adam + OneCycleLR.
+
+    It draws each epoch's order and each batch's crop offsets from the same seeds as cnnctl (``derive_seed``), so
+    both sides do the same arithmetic and reach the target at the same epoch; only the loop around it differs.
+    """
+    from cnnctl.data.base import derive_seed
     from cnnctl.models.registry import create_model
 
     torch.manual_seed(config.seed)
@@ -71,14 +77,16 @@ def run_hand(config, train_x: torch.Tensor, train_y: torch.Tensor, mean: float, 
     rows = torch.arange(28)
     start, excluded = time.perf_counter(), 0.0
     for epoch in range(epochs):
-        perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(epoch))
-        for i in range(0, len(perm), bs):
+        perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(derive_seed(config.seed, "perm", epoch)))
+        for b, i in enumerate(range(0, len(perm), bs)):
             idx = perm[i: i + bs]
             if len(idx) < 2:
                 continue
-            x = F.pad(train_x[idx].float().div_(255).sub_(mean).div_(std), (pad,) * 4)
-            dy, dx = torch.randint(0, 2 * pad + 1, (2, len(idx)))
+            crops = torch.Generator().manual_seed(derive_seed(config.seed, "augment", epoch, b))
+            dy, dx = torch.randint(0, 2 * pad + 1, (len(idx), 2), generator=crops).unbind(1)
+            x = F.pad(train_x.index_select(0, idx), (pad,) * 4)  # uint8, zero-padded as cnnctl pads
             x = x[torch.arange(len(idx))[:, None, None], (dy[:, None] + rows)[:, :, None], (dx[:, None] + rows)[:, None, :]]
+            x = x.float().div_(255).sub_(mean).div_(std)
             loss = F.cross_entropy(model(x[:, None]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -75,6 +75,8 @@ def run_hand(config, train_x: torch.Tensor, train_y: torch.Tensor, mean: float, 
     opt = torch.optim.Adam(model.parameters(), lr=config.optimizer.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.optimizer.lr, total_steps=epochs * steps)
     rows = torch.arange(28)
+    scale = (1 / (255 * torch.tensor(std, dtype=torch.float64))).float()
+    shift = (-torch.tensor(mean, dtype=torch.float64) / std).float()
     start, excluded = time.perf_counter(), 0.0
     for epoch in range(epochs):
         perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(derive_seed(config.seed, "perm", epoch)))
@@ -86,7 +88,7 @@ def run_hand(config, train_x: torch.Tensor, train_y: torch.Tensor, mean: float, 
             dy, dx = torch.randint(0, 2 * pad + 1, (len(idx), 2), generator=crops).unbind(1)
             x = F.pad(train_x.index_select(0, idx), (pad,) * 4)  # uint8, zero-padded as cnnctl pads
             x = x[torch.arange(len(idx))[:, None, None], (dy[:, None] + rows)[:, :, None], (dx[:, None] + rows)[:, None, :]]
-            x = x.float().div_(255).sub_(mean).div_(std)
+            x = x.float().mul_(scale).add_(shift)  # (x / 255 - mean) / std, rounded as cnnctl rounds it
             loss = F.cross_entropy(model(x[:, None]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

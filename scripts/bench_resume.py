@@ -77,8 +77,10 @@ def main() -> None:
 
         kills, log = 0, []
         proc = train(cfg, tmp / "b", *sets)
+        saved_before = 0  # last.pt's mtime when the current process started: wait for a save of its own
         while True:
-            while not (run_dir / "last.pt").exists() and proc.poll() is None:
+            while proc.poll() is None and (not (run_dir / "last.pt").exists()
+                                           or (run_dir / "last.pt").stat().st_mtime_ns == saved_before):
                 time.sleep(0.01)
             if proc.poll() is not None or kills >= args.kills:
                 _, err = proc.communicate()
@@ -91,7 +93,7 @@ def main() -> None:
                         and not any(p.name.endswith(".tmp") for p in run_dir.iterdir()):
                     time.sleep(0.0005)
             else:  # a random moment within the training (the uninterrupted run's length, less start-up and finish)
-                time.sleep(rng.uniform(0.05, max(0.1, 0.6 * ref_seconds - 3)))
+                time.sleep(rng.uniform(0.05, max(0.1, 0.3 * ref_seconds - 2)))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
@@ -106,6 +108,7 @@ def main() -> None:
                     break
                 log.append({"kill": kills, "mode": mode, "resumed_from_step": step})
                 print(f"kill {kills} ({mode}): last.pt at step {step}; resuming", flush=True)
+                saved_before = (run_dir / "last.pt").stat().st_mtime_ns
                 proc = train(cfg, tmp / "b", "--resume", str(run_dir))
             else:
                 _, err = proc.communicate()

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_mnist import ROOT, stage_mnist
+from bench_mnist import ROOT, add_mnist_arguments, stage_mnist
 
 
 def epoch_seconds(out: Path, env: dict[str, str], config: str, overrides: list[str]) -> list[float]:
@@ -38,8 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--root", type=Path, default=ROOT / "data")
+    add_mnist_arguments(parser)
     args = parser.parse_args()
     stage_mnist(args.shared, args.root)
     overrides = [f"data.root={args.root}", f"train.epochs={args.epochs}"]

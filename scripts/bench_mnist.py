@@ -26,10 +26,15 @@ def stage_mnist(shared: Path, root: Path) -> None:
             shutil.copy2(archive, raw / archive.name)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_mnist_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--shared`` (where the real archives are) and ``--root`` (where they are staged), for every MNIST bench."""
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--root", type=Path, default=ROOT / "data")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_mnist_arguments(parser)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()

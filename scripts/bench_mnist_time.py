@@ -104,15 +104,14 @@ def run_hand(config, train_x: torch.Tensor, train_y: torch.Tensor, mean: float, 
 
 
 def main() -> None:
+    from bench_mnist import add_mnist_arguments, stage_mnist
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--target", type=float, default=0.99)
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--root", type=Path, default=ROOT / "data")
+    add_mnist_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from bench_mnist import stage_mnist
-
     from cnnctl.config import load_config
     from cnnctl.data.base import load_data, to_model_input
 

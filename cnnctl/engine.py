@@ -43,11 +43,12 @@ REFRESH_SECONDS = 1.0
 
 # ---------------------------------------------------------------- device, precision, seeding
 
-# glibc malloc serves each block above 128 KiB with a fresh mmap and returns freed heap to the system, and
-# PyTorch's CPU allocator does not cache: every activation of every step then costs page faults. Keeping those
-# blocks in the heap made CPU training ~30% faster and steadier (lenet5, 12,000 MNIST-sized images, 2 threads:
-# 0.55-0.65 s per epoch against 0.76-1.10 s; see README, Performance). The process keeps its peak heap instead of
-# handing it back, the same trade jemalloc and tcmalloc make. CNNCTL_DEFAULT_MALLOC=1 leaves glibc as it is.
+# glibc malloc may serve a block above its mmap threshold with a fresh mmap and hand freed heap back to the
+# system, and PyTorch's CPU allocator does not cache: activations can then cost page faults at every step. Keeping
+# them in the heap made CPU training 27-38% faster in a process that had trained before (scripts/bench_loop.py,
+# lenet5; `cnnctl tune` runs its trials in one process); a fresh `cnnctl train` showed no difference this machine
+# could resolve (scripts/bench_allocator.py). See README, Performance. The process keeps its peak heap instead of
+# handing it back, the trade jemalloc and tcmalloc make. CNNCTL_DEFAULT_MALLOC=1 leaves glibc as it is.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _ALLOCATOR_LIMIT = 1 << 30
 _allocator_tuned = False

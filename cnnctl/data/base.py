@@ -228,7 +228,7 @@ def _normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, c
         x = torch.addcmul(shift, images, scale)  # one fused kernel from uint8 (addcmul promotes) instead of three
     else:
         # On CPU a broadcast addcmul from uint8 runs unvectorized: 3x slower than the three in-place passes
-        # (59 us against 18 us for 128 MNIST images; scripts/bench_loop.py).
+        # (59 us against 18 us for 128 MNIST images, torch.utils.benchmark).
         x = images.float().mul_(scale).add_(shift)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 

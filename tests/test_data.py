@@ -262,6 +262,18 @@ def test_random_crop_shifts_content_with_zero_padding():
     assert torch.equal(crop_at(white, 2, torch.tensor([[2, 2]])), white)
 
 
+@pytest.mark.parametrize("channels, height, width, padding", [(1, 28, 28, 2), (3, 32, 32, 4), (3, 7, 12, 1)])
+def test_crop_at_matches_per_image_slicing(channels, height, width, padding):
+    """The flat index_select gather against the plain definition: pad, then slice each image at its offsets."""
+    g = torch.Generator().manual_seed(channels * height + width)
+    x = torch.randint(0, 256, (16, channels, height, width), dtype=torch.uint8, generator=g)
+    offsets = torch.randint(0, 2 * padding + 1, (16, 2), generator=g)
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    expected = torch.stack([padded[i, :, dy: dy + height, dx: dx + width]
+                            for i, (dy, dx) in enumerate(offsets.tolist())])
+    assert torch.equal(crop_at(x, padding, offsets), expected)
+
+
 def test_random_hflip_flips_per_image():
     x = torch.arange(32 * 2 * 3 * 4, dtype=torch.int64).reshape(32, 2, 3, 4).to(torch.uint8)
     out = random_hflip(x, torch.Generator().manual_seed(1))

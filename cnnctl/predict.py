@@ -44,6 +44,7 @@ def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, 
             batch_size: int = 256) -> list[dict[str, Any]]:
     """Top-k predictions for each image; a file that cannot be read gets ``error`` instead of ``topk``."""
     from cnnctl.checkpoint import load_checkpoint, run_checkpoint
+    from cnnctl.data.base import to_model_input
     from cnnctl.engine import select_device, tune_cpu_allocator
     from cnnctl.inference import model_from_checkpoint, newest_best
 
@@ -63,8 +64,6 @@ def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, 
     k = min(topk, len(classes))
 
     def classify(images: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
-        from cnnctl.data.base import to_model_input
-
         x = to_model_input(images, spec["mean"], spec["std"], dev)
         with torch.inference_mode():
             top = model(x).float().softmax(1).cpu().topk(k, dim=1)

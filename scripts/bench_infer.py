@@ -94,8 +94,14 @@ def main() -> None:
         results = {}
         for name, a, b in (("eval", cnnctl_eval, bare_forward), ("predict", cnnctl_predict, hand_predict)):
             a(), b()  # warm-up
-            # A B B A: the second of two runs tends to be the faster; alternating the order cancels it
-            pairs = [(a(), b()) if r % 2 == 0 else tuple(reversed((b(), a()))) for r in range(args.repeats)]
+            def pair(r: int, a=a, b=b) -> tuple[float, float]:
+                """(a, b) run in the order A B, then B A: the second of two runs tends to be the faster."""
+                if r % 2 == 0:
+                    return a(), b()
+                b_first = b()
+                return a(), b_first
+
+            pairs = [pair(r) for r in range(args.repeats)]
             results[name] = {
                 "cnnctl_images_per_s": round(statistics.median(p[0] for p in pairs), 1),
                 "bare_images_per_s": round(statistics.median(p[1] for p in pairs), 1),

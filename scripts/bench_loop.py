@@ -140,17 +140,14 @@ def main() -> None:
             run_hand(cfg, split)  # warm-up: allocator, kernels, first-touch
             short = config_for(arch, batch, 1, args.device)
             a_ips, b_ips, ratios, overheads = [], [], [], []
+            sides = {"a": lambda c, s=split: run_cnnctl(c, s, Path(tmp)), "b": lambda c, s=split: run_hand(c, s)}
             for r in range(args.repeats):
-                if r % 2 == 0:  # A B B A: a drift of the machine's speed cancels out over two repeats
-                    a_wall, a_epochs = run_cnnctl(cfg, split, Path(tmp))
-                    b_wall, b_epochs = run_hand(cfg, split)
-                    b_short, _ = run_hand(short, split)
-                    a_short, _ = run_cnnctl(short, split, Path(tmp))
-                else:
-                    b_wall, b_epochs = run_hand(cfg, split)
-                    a_wall, a_epochs = run_cnnctl(cfg, split, Path(tmp))
-                    a_short, _ = run_cnnctl(short, split, Path(tmp))
-                    b_short, _ = run_hand(short, split)
+                # A B B A: a drift of the machine's speed cancels out over two repeats
+                order = ("a", "b") if r % 2 == 0 else ("b", "a")
+                long_runs = {side: sides[side](cfg) for side in order}
+                short_runs = {side: sides[side](short) for side in reversed(order)}
+                (a_wall, a_epochs), (b_wall, b_epochs) = long_runs["a"], long_runs["b"]
+                a_short, b_short = short_runs["a"][0], short_runs["b"][0]
                 a = n / statistics.median(a_epochs[1:] or a_epochs)
                 b = n / statistics.median(b_epochs[1:] or b_epochs)
                 a_ips.append(a)

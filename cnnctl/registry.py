@@ -20,6 +20,12 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
     return found[0] if found else None
 
 
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``: the one phrasing every message uses."""
+    hint = closest(name, choices)
+    return f"; did you mean {hint!r}?" if hint else ""
+
+
 class Registry:
     """Names to builders. A duplicate name is refused; an unknown name lists the known ones."""
 

@@ -32,7 +32,7 @@ SetOption = Annotated[
     typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config key, value parsed as YAML (repeatable)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; human text goes to stderr.")]
-DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 
 
 def _setup_logging() -> None:
@@ -77,8 +77,12 @@ def train(
     device: DeviceOption = None,
 ) -> None:
     """Train a network; writes OUT/NAME/ with config.yaml, metrics.csv, best.pt, last.pt, summary.json."""
-    from cnnctl.config import load_config
+    from cnnctl.config import check_device, check_run_name, load_config
 
+    if name is not None:
+        check_run_name(name, "--name")
+    if device is not None:
+        check_device(device, "--device")
     if config is None and resume is None:
         raise CnnctlError("give a CONFIG (a file or a bundled config name; `cnnctl configs` lists them) or --resume RUN")
     cfg = load_config(config, set_)[0] if config is not None else None
@@ -102,6 +106,10 @@ def eval_(
     """Evaluate checkpoints: loss, accuracy, top-5, per-class precision/recall/F1, confusion matrix."""
     if split not in ("test", "val"):
         raise CnnctlError(f"--split must be test or val, not {split!r}")
+    if device is not None:
+        from cnnctl.config import check_device
+
+        check_device(device, "--device")
     from cnnctl.inference import evaluate_checkpoints, format_report
 
     result = evaluate_checkpoints(checkpoints, split=split, data_root=data_root, device=device or "auto")
@@ -126,6 +134,10 @@ def predict(
     device: DeviceOption = None,
 ) -> None:
     """Predict the classes of images with a trained checkpoint."""
+    if device is not None:
+        from cnnctl.config import check_device
+
+        check_device(device, "--device")
     from cnnctl.predict import format_predictions
     from cnnctl.predict import predict as run_predict
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -195,10 +197,71 @@ class TrainConfig(Section):
     @field_validator("device")
     @classmethod
     def _device_form(cls, device: str) -> str:
-        base, _, index = device.partition(":")
-        if base not in ("auto", "cpu", "cuda", "mps") or (index and not (base == "cuda" and index.isdigit())):
-            raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N (e.g. cuda:0), mps")
+        problem = _device_problem(device)
+        if problem:
+            raise ValueError(problem)
         return device
+
+
+# ---------------------------------------------------------------- run names and devices
+
+RUN_NAME_MAX = 100
+# One folder name inside --out: nothing that could climb out of it (/, .., a leading .) or need quoting in a shell.
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+RUN_NAME_RULE = (f"a run name is one folder name inside --out: letters, digits, '-', '_' and '.', starting with a "
+                 f"letter, digit or '_', without '..', at most {RUN_NAME_MAX} characters (e.g. lenet5-lr0.1); "
+                 "to put runs elsewhere, use --out DIR")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]{1,4})?")
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps"
+
+
+def _run_name_problem(name: str) -> str | None:
+    if _RUN_NAME.fullmatch(name) and ".." not in name and len(name) <= RUN_NAME_MAX:
+        return None
+    if "/" in name or "\\" in name:
+        why = "holds a path separator"
+    elif name.startswith(".") or ".." in name:
+        why = "starts with '.' or holds '..'"
+    elif len(name) > RUN_NAME_MAX:
+        why = f"is {len(name):,} characters long"
+    elif not name:
+        why = "is empty"
+    else:
+        why = "holds characters other than letters, digits, '-', '_' and '.'"
+    return f"run name {short_repr(name)} {why}; {RUN_NAME_RULE}"
+
+
+def check_run_name(name: str, source: str) -> str:
+    """``name`` when it is a valid run name, else a ConfigError naming ``source`` (``--name``, a file) and the rule."""
+    problem = _run_name_problem(name)
+    if problem:
+        raise ConfigError(problem, file=source)
+    return name
+
+
+def safe_run_name(text: str) -> str:
+    """A valid run name made from ``text`` (a config file's stem): ``my config`` -> ``my-config``.
+
+    Each run of other characters becomes one '-', '..' becomes '.', leading '.' and '-' go; ``run`` when nothing is left.
+    """
+    name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", text)).lstrip(".-")[:RUN_NAME_MAX]
+    return name or "run"
+
+
+def _device_problem(spec: str) -> str | None:
+    if _DEVICE.fullmatch(spec):
+        return None
+    return f"device {short_repr(spec)} is not one of {DEVICE_FORMS}"
+
+
+def check_device(spec: str, source: str) -> str:
+    """``spec`` when it is a device cnnctl understands, else a ConfigError naming ``source`` (``--device``).
+
+    Only the form is checked (torch-free); whether the device exists is decided where torch picks it."""
+    problem = _device_problem(spec)
+    if problem:
+        raise ConfigError(problem, file=source)
+    return spec
 
 
 class Config(Section):
@@ -209,7 +272,15 @@ class Config(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    out: str = "runs"
+    out: str = "runs"  # a folder, absolute or relative: only the run name must stay one path component
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: str | None) -> str | None:
+        problem = None if name is None else _run_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
 
     def dump(self) -> dict[str, Any]:
         """The resolved config as plain data (lists, dicts, numbers, strings)."""
@@ -248,23 +319,145 @@ def resolve_config_path(spec: str | Path) -> Path:
     )
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Safe-load one YAML mapping; syntax errors carry line and column."""
+# Limits on a YAML file (config or tune space). The largest bundled config is a few hundred values; these leave
+# room for any hand-written file while refusing the "billion laughs" alias bomb (536 bytes that expand to 387
+# million values) before anything walks the expanded structure.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000  # scalars, lists and mappings, counting each alias as a copy of what it refers to
+MAX_YAML_CHARS = 4 * MAX_YAML_BYTES  # characters of all scalars, aliases expanded
+MAX_YAML_DEPTH = 100
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 3, 6, 6, 6
+_SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 60, 40, 60
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, never walking all of a huge value; a long string says its length."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read: {e}", file=str(path)) from None
+        text = _SHORT.repr(value)
+    except ValueError:  # an int past Python's 4300-digit str() limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """The safe loader, plus what a config never needs refused while composing, before anything is built:
+    alias expansion past MAX_YAML_VALUES / MAX_YAML_CHARS, nesting past MAX_YAML_DEPTH, recursive aliases and a key
+    given twice in one mapping (where the last would silently win)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (values, characters) once aliases are expanded
+        self._path: list[str] = []
+        self._aliases = 0
+
+    def _refuse(self, problem: str, mark: Any) -> yaml.MarkedYAMLError:
+        return yaml.composer.ComposerError(None, None, problem, mark)
+
+    def _where(self) -> str:
+        return ".".join(self._path[1:]).replace(".[", "[")
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            self._aliases += 1
+            if id(node) not in self._expanded:
+                raise self._refuse("this alias refers to a list or mapping that contains it (a recursive structure); "
+                                   "a config is a tree: write the values out", mark)
+            return node
+        label = index.value if isinstance(index, yaml.ScalarNode) else f"[{index}]" if isinstance(index, int) else "?"
+        self._path.append(label)
+        if len(self._path) > MAX_YAML_DEPTH:
+            raise self._refuse(f"nested more than {MAX_YAML_DEPTH} levels deep; a config is a shallow tree",
+                               self.peek_event().start_mark)
+        try:
+            node = super().compose_node(parent, index)
+            values, chars = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            children = (node.value if isinstance(node, yaml.SequenceNode)
+                        else [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+            for child in children:
+                v, c = self._expanded[id(child)]
+                values, chars = values + v, chars + c
+            if values > MAX_YAML_VALUES or chars > MAX_YAML_CHARS:
+                size = f"{values:,} values" if values > MAX_YAML_VALUES else f"{chars:,} characters"
+                where = f" ({self._where()})" if self._where() else ""
+                cause = (" once its aliases (*name) are expanded, an alias bomb; write the values out instead of "
+                         "nesting aliases") if self._aliases else "; is this the right file?"
+                raise self._refuse(f"this value{where} holds {size}, more than a config may "
+                                   f"({MAX_YAML_VALUES:,} values, {MAX_YAML_CHARS:,} characters){cause}",
+                                   node.start_mark)
+            self._expanded[id(node)] = (values, chars)
+            return node
+        finally:
+            self._path.pop()
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], Any] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *base' merges may be overridden by the mapping's own keys: that is what they are for
+            seen = first.setdefault((key.tag, key.value), key)
+            if seen is not key:
+                dotted = ".".join([*self._path[1:], short_repr(key.value, 40).strip("'")]).replace(".[", "[")
+                same_line = seen.start_mark.line == key.start_mark.line
+                at = [f"line {k.start_mark.line + 1}" + (f", column {k.start_mark.column + 1}" if same_line else "")
+                      for k in (seen, key)]
+                raise self._refuse(f"key {dotted!r} is given twice ({at[0]} and {at[1]}); the second would silently "
+                                   "replace the first: keep one", key.start_mark)
+        return node
+
+    def construct_yaml_int(self, node: Any) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more digits than Python converts (4300)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value):,} digits is too long to be a config value",
+                node.start_mark) from None
+
+
+_LimitedLoader.add_constructor("tag:yaml.org,2002:int", _LimitedLoader.construct_yaml_int)
+
+
+def _load_limited(text: str) -> Any:
+    loader = _LimitedLoader(text)
     try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error as 'line L, column C: problem'."""
+    if isinstance(e, yaml.MarkedYAMLError):
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = e.problem or e.context or "invalid YAML"
-        if isinstance(e, yaml.constructor.ConstructorError):
+        if isinstance(e, yaml.constructor.ConstructorError) and "tag" in problem:
             problem += " (cnnctl loads YAML safely: tags such as !!python/object are refused; use plain values)"
-        raise ConfigError(f"{where}{problem}", file=str(path)) from None
+        return where + problem
+    return f"invalid YAML: {short_repr(str(e), 200)}"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Safe-load one YAML mapping (a config or a tune space) within the limits above; errors carry line and column."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)  # read no more than the limit: the file may be huge, or endless
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read: {e}", file=str(path)) from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"larger than {MAX_YAML_BYTES:,} bytes, far more than any config or space file; "
+                          "is this the right file?", file=str(path))
+    try:
+        data = _load_limited(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"invalid YAML: {e}", file=str(path)) from None
+        raise ConfigError(_yaml_problem(e), file=str(path)) from None
     except RecursionError:
         raise ConfigError("YAML nested too deeply to be a config", file=str(path)) from None
     if data is None:
@@ -274,29 +467,53 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+_SET_EXAMPLE = "e.g. --set optimizer.lr=0.05"
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``optimizer.lr=0.05`` -> (["optimizer", "lr"], 0.05); the value is parsed as YAML."""
+    """``optimizer.lr=0.05`` -> (["optimizer", "lr"], 0.05); the value is parsed as YAML, within read_yaml's limits."""
+    shown = f"--set {short_repr(item)}"
     key, sep, raw = item.partition("=")
-    keys = key.strip().split(".")
-    if not sep or not all(k.strip() for k in keys):
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set optimizer.lr=0.05")
+    key = key.strip()
+    if not sep:
+        raise ConfigError(f"{shown}: no '='; --set takes KEY=VALUE with a dotted key, {_SET_EXAMPLE}")
+    if not key:
+        raise ConfigError(f"{shown}: nothing before '='; --set takes KEY=VALUE with a dotted key, {_SET_EXAMPLE}")
+    keys = [k.strip() for k in key.split(".")]
+    if "[" in key or "]" in key or any(k.isdigit() for k in keys):
+        raise ConfigError(f"{shown}: --set takes dotted keys (section.key), not list indexes; to change custom layers, "
+                          "give the whole list as YAML, e.g. --set 'model.layers=[{conv: {out: 8, kernel: 3}}, relu, "
+                          "flatten, linear]', or edit the layers in the config file")
+    if not all(keys):
+        raise ConfigError(f"{shown}: the key {short_repr(key)} has an empty part (a leading, trailing or doubled '.'); "
+                          f"write section.key, {_SET_EXAMPLE}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except (yaml.YAMLError, RecursionError) as e:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
-    return [k.strip() for k in keys], value
+        value = _load_limited(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        syntax = isinstance(e, (yaml.scanner.ScannerError, yaml.parser.ParserError))
+        hint = "; quote a string that holds ':', '#', '[' or '{'" if syntax else ""
+        raise ConfigError(f"{shown}: the value is not valid YAML ({_yaml_problem(e)}){hint}") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: the value is nested too deeply") from None
+    return keys, value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with each ``--set KEY=VALUE`` applied (missing sections are created; the input is not changed)."""
     data = copy.deepcopy(data)
     for item in overrides:
         keys, value = parse_override(item)
         node = data
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {} if node.get(k) is None else node[k]
+        for depth, k in enumerate(keys[:-1]):
+            if node.get(k) is None:
+                node[k] = {}
             if not isinstance(node[k], dict):
-                raise ConfigError(f"--set {item!r}: {k!r} is not a section, so it has no key {keys[-1]!r}")
+                dotted = ".".join(keys[: depth + 1])
+                if isinstance(node[k], list):
+                    raise ConfigError(f"--set {short_repr(item)}: {dotted} is a list, and --set cannot reach inside "
+                                      f"one; give the whole list as YAML (--set '{dotted}=[...]') or edit the file")
+                raise ConfigError(f"--set {short_repr(item)}: {dotted} is a value, not a section, so it has no key "
+                                  f"{keys[depth + 1]!r}")
             node = node[k]
         node[keys[-1]] = value
     return data
@@ -319,24 +536,47 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+MAX_MESSAGE = 1000  # characters of one problem's message; a validator that echoes a huge value is cut here
+
+
+def _override_origin(dotted: str, source: str, overrides: dict[str, str]) -> str:
+    """Where the value at ``dotted`` came from: the ``--set`` that gave it (or a section above it), else the file."""
+    def shown(item: str) -> str:
+        return f"--set {item}" if len(item) <= 80 else f"--set {short_repr(item)}"
+
+    for key, item in overrides.items():
+        if dotted == key or dotted.startswith((key + ".", key + "[")):
+            return shown(item)
+    below = [item for key, item in overrides.items() if not dotted or key.startswith((dotted + ".", dotted + "["))]
+    if below:  # a check over a whole section that an override changed: both had a hand in it
+        return f"{source} with {shown(below[-1])}"
+    return source
+
+
 def format_validation_error(error: ValidationError, source: str, overrides: list[str]) -> str:
-    """One line per problem: ``file: section.key: message``, naming --set where a key came from one."""
-    override_keys = {parse_override(o)[0] and ".".join(parse_override(o)[0]): o for o in overrides}
+    """One line per problem: ``file: section.key: message``, naming --set where a key came from one.
+
+    Values are echoed cut short (``short_repr``): a huge or alias-expanded value never becomes a huge message."""
+    override_keys = {".".join(parse_override(o)[0]): o for o in overrides}
     lines = []
     for err in error.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"literal", "function-after"})))
-        dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
-        origin = next((f"--set {o}" for k, o in override_keys.items() if dotted == k or dotted.startswith(k + ".")), source)
+        parts = [f"[{p}]" if isinstance(p, int) else short_repr(str(p), 40).strip("'") if len(str(p)) > 40 else str(p)
+                 for p in loc]
+        dotted = ".".join(parts).replace(".[", "[")
+        origin = _override_origin(dotted, source, override_keys)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             model = _model_at(loc)
             valid = list(model.model_fields) if model else []
-            hint = closest(str(loc[-1]), valid)
+            hint = closest(parts[-1], valid)
             msg = "unknown key" + (f"; did you mean {hint!r}?" if hint else "") + (f" Valid keys: {', '.join(valid)}" if valid else "")
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {short_repr(err['input'])})"
+        if len(msg) > MAX_MESSAGE:
+            msg = msg[:MAX_MESSAGE] + f"... ({len(msg):,} characters)"
         lines.append(f"{origin}: {dotted}: {msg}" if dotted else f"{origin}: {msg}")
     return "\n".join(lines)
 
@@ -348,7 +588,7 @@ def load_config(spec: str | Path, overrides: list[str] | None = None) -> tuple[C
     data = apply_overrides(read_yaml(path), overrides)
     config = validate_config(data, str(path), overrides)
     if config.name is None:
-        config = config.model_copy(update={"name": path.stem})
+        config = config.model_copy(update={"name": safe_run_name(path.stem)})
     return config, path
 
 

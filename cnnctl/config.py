@@ -242,9 +242,10 @@ def check_run_name(name: str, source: str) -> str:
 def safe_run_name(text: str) -> str:
     """A valid run name made from ``text`` (a config file's stem): ``my config`` -> ``my-config``.
 
-    Each run of other characters becomes one '-', '..' becomes '.', leading '.' and '-' go; ``run`` when nothing is left.
+    Each run of other characters becomes one '-', '..' becomes '.', '.' and '-' at either end go, and it is cut to
+    RUN_NAME_MAX characters; ``run`` when nothing is left.
     """
-    name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", text)).lstrip(".-")[:RUN_NAME_MAX]
+    name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", text)).strip(".-")[:RUN_NAME_MAX].rstrip(".-")
     return name or "run"
 
 
@@ -386,7 +387,7 @@ class _LimitedLoader(yaml.SafeLoader):
                 size = f"{values:,} values" if values > MAX_YAML_VALUES else f"{chars:,} characters"
                 where = f" ({self._where()})" if self._where() else ""
                 cause = (" once its aliases (*name) are expanded, an alias bomb; write the values out instead of "
-                         "nesting aliases") if self._aliases else "; is this the right file?"
+                         "nesting aliases") if self._aliases else ""
                 raise self._refuse(f"this value{where} holds {size}, more than a config may "
                                    f"({MAX_YAML_VALUES:,} values, {MAX_YAML_CHARS:,} characters){cause}",
                                    node.start_mark)
@@ -491,8 +492,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = _load_limited(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         syntax = isinstance(e, (yaml.scanner.ScannerError, yaml.parser.ParserError))
-        hint = "; quote a string that holds ':', '#', '[' or '{'" if syntax else ""
-        raise ConfigError(f"{shown}: the value is not valid YAML ({_yaml_problem(e)}){hint}") from None
+        what, hint = ("is not valid YAML", "; quote a string that holds ':', '#', '[' or '{'") if syntax else ("is refused", "")
+        raise ConfigError(f"{shown}: the value {what} ({_yaml_problem(e)}){hint}") from None
     except RecursionError:
         raise ConfigError(f"{shown}: the value is nested too deeply") from None
     return keys, value

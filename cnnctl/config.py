@@ -333,6 +333,11 @@ _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 3, 6, 6, 6
 _SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 60, 40, 60
 
 
+def _cut(text: str, limit: int = 80) -> str:
+    """``text``, or its first ``limit`` characters and its length."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def short_repr(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to about ``limit`` characters, never walking all of a huge value; a long string says its length."""
     if isinstance(value, str) and len(value) > limit:
@@ -370,8 +375,10 @@ class _LimitedLoader(yaml.SafeLoader):
                 raise self._refuse("this alias refers to a list or mapping that contains it (a recursive structure); "
                                    "a config is a tree: write the values out", mark)
             return node
-        label = index.value if isinstance(index, yaml.ScalarNode) else f"[{index}]" if isinstance(index, int) else "?"
-        self._path.append(label)
+        if isinstance(index, yaml.ScalarNode):  # the key of a mapping value; an int: the position in a list
+            self._path.append(_cut(index.value, 40))
+        else:
+            self._path.append(f"[{index}]" if isinstance(index, int) else "?")
         if len(self._path) > MAX_YAML_DEPTH:
             raise self._refuse(f"nested more than {MAX_YAML_DEPTH} levels deep; a config is a shallow tree",
                                self.peek_event().start_mark)
@@ -386,10 +393,10 @@ class _LimitedLoader(yaml.SafeLoader):
             if values > MAX_YAML_VALUES or chars > MAX_YAML_CHARS:
                 size = f"{values:,} values" if values > MAX_YAML_VALUES else f"{chars:,} characters"
                 where = f" ({self._where()})" if self._where() else ""
-                cause = (" once its aliases (*name) are expanded, an alias bomb; write the values out instead of "
-                         "nesting aliases") if self._aliases else ""
-                raise self._refuse(f"this value{where} holds {size}, more than a config may "
-                                   f"({MAX_YAML_VALUES:,} values, {MAX_YAML_CHARS:,} characters){cause}",
+                aliases = " once its aliases (*name) are expanded" if self._aliases else ""
+                mend = "; write the values out instead of nesting aliases" if self._aliases else ""
+                raise self._refuse(f"this value{where} holds {size}{aliases}, more than a config may hold "
+                                   f"({MAX_YAML_VALUES:,} values, {MAX_YAML_CHARS:,} characters){mend}",
                                    node.start_mark)
             self._expanded[id(node)] = (values, chars)
             return node
@@ -404,7 +411,7 @@ class _LimitedLoader(yaml.SafeLoader):
                 continue  # '<<: *base' merges may be overridden by the mapping's own keys: that is what they are for
             seen = first.setdefault((key.tag, key.value), key)
             if seen is not key:
-                dotted = ".".join([*self._path[1:], short_repr(key.value, 40).strip("'")]).replace(".[", "[")
+                dotted = ".".join([*self._path[1:], _cut(key.value, 40)]).replace(".[", "[")
                 same_line = seen.start_mark.line == key.start_mark.line
                 at = [f"line {k.start_mark.line + 1}" + (f", column {k.start_mark.column + 1}" if same_line else "")
                       for k in (seen, key)]
@@ -543,7 +550,7 @@ MAX_MESSAGE = 1000  # characters of one problem's message; a validator that echo
 def _override_origin(dotted: str, source: str, overrides: dict[str, str]) -> str:
     """Where the value at ``dotted`` came from: the ``--set`` that gave it (or a section above it), else the file."""
     def shown(item: str) -> str:
-        return f"--set {item}" if len(item) <= 80 else f"--set {short_repr(item)}"
+        return f"--set {_cut(item)}"
 
     for key, item in overrides.items():
         if dotted == key or dotted.startswith((key + ".", key + "[")):
@@ -562,8 +569,7 @@ def format_validation_error(error: ValidationError, source: str, overrides: list
     lines = []
     for err in error.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"literal", "function-after"})))
-        parts = [f"[{p}]" if isinstance(p, int) else short_repr(str(p), 40).strip("'") if len(str(p)) > 40 else str(p)
-                 for p in loc]
+        parts = [f"[{p}]" if isinstance(p, int) else _cut(str(p), 40) for p in loc]
         dotted = ".".join(parts).replace(".[", "[")
         origin = _override_origin(dotted, source, override_keys)
         msg = err["msg"].removeprefix("Value error, ")
@@ -571,7 +577,7 @@ def format_validation_error(error: ValidationError, source: str, overrides: list
             model = _model_at(loc)
             valid = list(model.model_fields) if model else []
             hint = closest(parts[-1], valid)
-            msg = "unknown key" + (f"; did you mean {hint!r}?" if hint else "") + (f" Valid keys: {', '.join(valid)}" if valid else "")
+            msg = "unknown key" + (f"; did you mean {hint!r}?" if hint else ".") + (f" Valid keys: {', '.join(valid)}" if valid else "")
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error"):

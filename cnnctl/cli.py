@@ -247,6 +247,26 @@ def export(
     typer.echo(str(result["path"]))
 
 
+@app.command("runs")
+@handle_errors
+def runs_(
+    folder: Annotated[Path, typer.Argument(help="Folder of run directories, searched recursively (default: runs).")] = Path("runs"),
+    sort: Annotated[str, typer.Option("--sort", help="name, status, arch, dataset, epochs, val_acc, test_acc, wall or "
+                                      "started (accuracies, epochs and start time: largest first).")] = "name",
+    json_: JsonOption = False,
+) -> None:
+    """List the runs in a folder: arch, dataset, epochs, status, best val_acc, test accuracy, wall time."""
+    from cnnctl.runs import format_runs, list_runs
+
+    found = list_runs(folder, sort=sort)
+    if json_:
+        _print_json(found)
+    elif found:
+        typer.echo(format_runs(found))
+    else:
+        typer.echo(f"no runs in {folder} (a run is a folder holding config.yaml)", err=True)
+
+
 def main() -> None:
     app()
 

@@ -137,3 +137,11 @@ def test_empty_folder_lists_nothing(tmp_path):
     assert code == 0 and stdout == "" and "no runs" in stderr
     code, stdout, _ = _invoke("runs", tmp_path, "--json")
     assert code == 0 and json.loads(stdout) == []
+
+
+def test_listing_does_not_import_torch(runs_dir):
+    code = ("import sys\nfrom cnnctl.runs import list_runs\n"
+            f"assert len(list_runs({str(runs_dir)!r})) == 4\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

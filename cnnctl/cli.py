@@ -19,7 +19,7 @@ app = typer.Typer(
     name="cnnctl",
     help="Train, evaluate and run image-classification CNNs from YAML configs.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion; the completers are attached in main()
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -259,8 +259,56 @@ def export(
     typer.echo(str(result["path"]))
 
 
+@app.command("runs")
+@handle_errors
+def runs_(
+    folder: Annotated[Path, typer.Argument(help="Folder of run directories, searched recursively (default: runs).")] = Path("runs"),
+    sort: Annotated[str, typer.Option("--sort", help="name, status, arch, dataset, epochs, val_acc, test_acc, wall or "
+                                      "started (accuracies, epochs and start time: largest first).")] = "name",
+    json_: JsonOption = False,
+) -> None:
+    """List the runs in a folder: arch, dataset, epochs, status, best val_acc, test accuracy, wall time."""
+    from cnnctl.runs import format_runs, list_runs
+
+    found = list_runs(folder, sort=sort)
+    if json_:
+        _print_json(found)
+    elif found:
+        typer.echo(format_runs(found))
+    else:
+        typer.echo(f"no runs in {folder} (a run is a folder holding config.yaml)", err=True)
+
+
+# Shell completion: parameters are completed by their name in whichever command has them, so a new command's
+# `config` or `checkpoint` argument completes like the others. Values are cnnctl.completion functions.
+COMPLETERS = {
+    "config": "config_names", "space": "space_names", "set_": "set_values", "resume": "run_dirs",
+    "checkpoints": "checkpoints", "checkpoint": "checkpoints", "runs": "run_dirs", "folder": "run_dirs",
+    "device": "devices",
+}
+
+
+def with_completion(command: Any) -> Any:
+    """Typer's click command tree with cnnctl's completers on the parameters named in COMPLETERS."""
+
+    def completer(name: str) -> Callable[..., list[str]]:
+        def complete(ctx: Any, param: Any, incomplete: str | None) -> list[str]:
+            from cnnctl import completion  # on Tab only: --help stays quick
+
+            return getattr(completion, name)(incomplete or "")
+
+        return complete
+
+    for sub in [command, *getattr(command, "commands", {}).values()]:
+        for param in sub.params:
+            if param.name in COMPLETERS:
+                # the hook click's Parameter(shell_complete=...) sets; Typer builds the parameters, so set it after
+                param._custom_shell_complete = completer(COMPLETERS[param.name])
+    return command
+
+
 def main() -> None:
-    app()
+    with_completion(typer.main.get_command(app))()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Nothing here imports torch: ``cnnctl --help`` and config errors stay fast.
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import math
 import re
 import reprlib
@@ -18,7 +19,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cnnctl.errors import ConfigError
 from cnnctl.registry import closest
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def bundled_dir(kind: Literal["configs", "spaces"] = "configs") -> Path:
+    """The folder of the bundled configs (``kind="configs"``) or of the bundled ``cnnctl tune`` spaces (``"spaces"``).
+
+    A wheel holds them inside the package as ``cnnctl/configs`` (setup.py maps the repository's top-level configs/
+    there); a source checkout (PYTHONPATH, an editable install) keeps them in its top-level configs/. Never the
+    working directory: a user's own configs/ there is theirs, named by path.
+    """
+    root = importlib.resources.files("cnnctl") / "configs"
+    if not (isinstance(root, Path) and root.is_dir()):
+        checkout = Path(__file__).resolve().parent.parent
+        # pyproject.toml beside it tells a checkout from a site-packages whose configs/ belongs to someone else
+        root = checkout / "configs" if (checkout / "pyproject.toml").is_file() else Path(root)
+    return root / "spaces" if kind == "spaces" else root
+
+
+CONFIGS_DIR = bundled_dir("configs")
 
 Metric = Literal["val_loss", "val_acc", "train_loss", "train_acc"]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -295,11 +312,18 @@ class Config(Section):
 
 
 def bundled_configs() -> dict[str, Path]:
-    """The bundled configs by name (the file stem), e.g. ``lenet5-digits``."""
+    """The bundled configs by name: the path under configs/ without ``.yaml``, e.g. ``lenet5-digits``,
+    ``compare-optimizers/adam``."""
     if not CONFIGS_DIR.is_dir():
         return {}
-    return {p.relative_to(CONFIGS_DIR).with_suffix("").as_posix(): p for p in sorted(CONFIGS_DIR.rglob("*.yaml"))
-            if p.parent.name != "spaces"}  # configs/spaces/ holds search spaces for `cnnctl tune`, not configs
+    names = {p.relative_to(CONFIGS_DIR).with_suffix("").as_posix(): p for p in sorted(CONFIGS_DIR.rglob("*.yaml"))}
+    return {name: p for name, p in names.items() if not name.startswith("spaces/")}  # search spaces, not configs
+
+
+def bundled_spaces() -> dict[str, Path]:
+    """The bundled ``cnnctl tune`` search spaces by name (the file stem), e.g. ``lenet5-digits``."""
+    spaces = bundled_dir("spaces")
+    return {p.stem: p for p in sorted(spaces.glob("*.yaml"))} if spaces.is_dir() else {}
 
 
 def resolve_config_path(spec: str | Path) -> Path:

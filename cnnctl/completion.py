@@ -1,0 +1,157 @@
+"""What a shell's Tab offers for cnnctl's arguments: bundled config and space names, ``--set`` keys and the names a
+registry knows (``--set model.arch=<Tab>``), run directories and checkpoints.
+
+Each completer takes what has been typed so far and returns the candidates that start with it. They run on every
+Tab, so they import no torch and read only directory listings and the (torch-free) registries.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+RUN_MARKER = "config.yaml"  # training writes it first: a folder holding it is a run directory
+
+
+def _entries(incomplete: str, keep: typing.Callable[[Path], bool], leaf: typing.Callable[[Path], bool]) -> list[str]:
+    """Paths that start with ``incomplete``: folders with a trailing ``/`` (to go on into), and the files ``keep``
+    accepts and the folders ``leaf`` accepts as they are (a run directory is an answer, not only a way through)."""
+    head, slash, prefix = incomplete.rpartition("/")
+    folder = Path(head + slash) if slash else Path(".")
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        if not child.name.startswith(prefix) or (child.name.startswith(".") and not prefix.startswith(".")):
+            continue
+        text = head + slash + child.name
+        try:
+            if child.is_dir():
+                found.append(text if leaf(child) else text + "/")
+            elif keep(child):
+                found.append(text)
+        except OSError:
+            continue
+    return found
+
+
+def _descend(found: list[str], more: typing.Callable[[str], list[str]]) -> list[str]:
+    """A single folder is opened at once: the shell would otherwise end the word after it with a space."""
+    if len(found) == 1 and found[0].endswith("/"):
+        return more(found[0]) or found
+    return found
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_MARKER).is_file()
+
+
+def _yaml_paths(incomplete: str) -> list[str]:
+    found = _entries(incomplete, lambda p: p.suffix in (".yaml", ".yml"), lambda p: False)
+    return _descend(found, _yaml_paths)
+
+
+def config_names(incomplete: str) -> list[str]:
+    """Bundled config names, then YAML files and folders."""
+    from cnnctl.config import bundled_configs
+
+    return [n for n in bundled_configs() if n.startswith(incomplete)] + _yaml_paths(incomplete)
+
+
+def space_names(incomplete: str) -> list[str]:
+    """Bundled ``cnnctl tune`` space names, then YAML files and folders."""
+    from cnnctl.config import bundled_spaces
+
+    return [n for n in bundled_spaces() if n.startswith(incomplete)] + _yaml_paths(incomplete)
+
+
+def run_dirs(incomplete: str) -> list[str]:
+    """Run directories (complete as they are) and the folders that lead to them."""
+    return _descend(_entries(incomplete, lambda p: False, is_run_dir), run_dirs)
+
+
+def checkpoints(incomplete: str) -> list[str]:
+    """Run directories, and checkpoint files (``.pt``, ``.onnx``) inside any folder (a run's ``best.pt`` too)."""
+    found = _entries(incomplete, lambda p: p.suffix in (".pt", ".onnx"), lambda p: False)
+    runs = {f.rstrip("/") for f in found if f.endswith("/") and is_run_dir(Path(f))}
+    return _descend(sorted(found + sorted(runs)), checkpoints)
+
+
+def devices(incomplete: str) -> list[str]:
+    return [d for d in ("auto", "cpu", "cuda", "cuda:0", "mps") if d.startswith(incomplete)]
+
+
+def _registry_names(dotted: str) -> list[str] | None:
+    """The names a registry-backed key takes (``model.arch``: the architectures), or None for another key."""
+    if dotted == "model.arch":
+        from cnnctl.models.registry import MODELS
+
+        return MODELS.names()
+    if dotted == "data.dataset":
+        from cnnctl.data.registry import DATASETS
+
+        return DATASETS.names()
+    if dotted in ("optimizer.name", "scheduler.name"):
+        from cnnctl.optim import OPTIMIZERS, SCHEDULERS
+
+        return (OPTIMIZERS if dotted == "optimizer.name" else SCHEDULERS).names()
+    return None
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config section class inside a field's annotation (``EarlyStoppingConfig | None`` included)."""
+    from pydantic import BaseModel
+
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> dict[str, Any]:
+    """Every dotted key a config has (``optimizer.lr``, ``train.early_stopping.patience``) with its annotation."""
+    if model is None:
+        from cnnctl.config import Config
+
+        model = Config
+    keys: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        section = _model_of(field.annotation)
+        if section is not None:
+            keys.update(config_keys(section, f"{prefix}{name}."))
+        else:
+            keys[prefix + name] = field.annotation
+    return keys
+
+
+def _choices(annotation: Any) -> list[str]:
+    """The values a Literal or bool field can take, as YAML spells them."""
+    options: list[str] = []
+    for part in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(part) is Literal:
+            options += [str(a).lower() if isinstance(a, bool) else str(a) for a in typing.get_args(part)]
+        elif part is bool:
+            options += ["true", "false"]
+        elif part is type(None):
+            options.append("null")
+    return list(dict.fromkeys(options))
+
+
+def set_values(incomplete: str) -> list[str]:
+    """``--set``: the dotted keys as ``KEY=``; after the ``=``, the names or fixed values that key takes."""
+    keys = config_keys()
+    dotted, equals, value = incomplete.partition("=")
+    if equals:
+        names = _registry_names(dotted)
+        options = names if names is not None else _choices(keys.get(dotted))
+        return [f"{dotted}={o}" for o in options if o.startswith(value)]
+    matches = [f"{k}=" for k in keys if k.startswith(incomplete)]
+    if len(matches) == 1:  # one key left: offer its values, so the shell stops after '=' instead of adding a space
+        return set_values(matches[0]) or matches
+    return matches

@@ -1,0 +1,147 @@
+"""``cnnctl runs``: real runs on digits that finished, stopped early, were interrupted by SIGINT and failed on a
+non-finite loss, each listed with its status; a held lock lists as running; --json is one document."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cnnctl.cli import app
+from cnnctl.runs import STATUS_FILE, list_runs
+from tests.conftest import write_config
+from tests.test_runlock import _holder_process
+
+TINY = """\
+data: {dataset: digits, batch_size: 64}
+model:
+  arch: custom
+  layers: [flatten, {linear: {out: 32}}, relu, linear]
+optimizer: {name: adam, lr: 0.01}
+train: {epochs: 1}
+"""
+EXPECTED = {"done": "finished", "patience": "early-stopped", "sigint": "interrupted", "nan": "failed"}
+
+
+def _invoke(*args: str | Path) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    """A folder holding one run of each ending, made by real training."""
+    root = tmp_path_factory.mktemp("listing")
+    cfg = write_config(root / "tiny.yaml", TINY)
+    out = root / "runs"
+    assert _invoke("train", cfg, "--name", "done", "--out", out)[0] == 0
+    # min_delta 10: no epoch can improve val_loss that much, so patience 1 stops it after epoch 2
+    assert _invoke("train", cfg, "--name", "patience", "--out", out, "--set", "train.epochs=4",
+                   "--set", "train.early_stopping.patience=1", "--set", "train.early_stopping.min_delta=10")[0] == 0
+    # a loss that turns NaN in the first epoch: exit 1, nothing but config.yaml left
+    code, _, stderr = _invoke("train", cfg, "--name", "nan", "--out", out, "--set", "model.arch=lenet5",
+                              "--set", "model.layers=[]", "--set", "optimizer.name=sgd", "--set", "optimizer.lr=100")
+    assert code == 1 and "nan" in stderr
+    # the real SIGINT path: a process told to train 500 epochs, interrupted once its first epoch is logged
+    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", "train", str(cfg), "--name", "sigint", "--out", str(out),
+                             "--set", "train.epochs=500"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    seen = []
+    while line := proc.stderr.readline():
+        seen.append(line)
+        if line.startswith("epoch 1/500"):
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, "".join(seen)
+    return out
+
+
+def _statuses(stdout: str) -> dict[str, str]:
+    lines = stdout.splitlines()
+    assert lines[0].split()[:5] == ["RUN", "ARCH", "DATASET", "EPOCHS", "STATUS"]
+    return {line.split()[0]: line.split()[4] for line in lines[1:]}
+
+
+def test_each_run_listed_with_its_status(runs_dir):
+    code, stdout, _ = _invoke("runs", runs_dir)
+    assert code == 0
+    assert _statuses(stdout) == EXPECTED
+    line = {row.split()[0]: row for row in stdout.splitlines()[1:]}
+    assert line["done"].split()[3] == "1/1" and line["patience"].split()[3] == "2/4"
+    assert line["sigint"].split()[3] == "1/500" and line["nan"].split()[3] == "0/1"
+    assert "%" in line["done"].split()[5] and line["nan"].split()[5:7] == ["-", "-"]
+
+
+def test_json_is_one_document_with_the_same_runs(runs_dir):
+    code, stdout, _ = _invoke("runs", runs_dir, "--json")
+    assert code == 0
+    runs = json.loads(stdout)
+    assert {r["name"]: r["status"] for r in runs} == EXPECTED
+    by_name = {r["name"]: r for r in runs}
+    done = by_name["done"]
+    summary = json.loads((runs_dir / "done" / "summary.json").read_text())
+    assert done["test_acc"] == summary["test"]["accuracy"] and done["wall_seconds"] == summary["wall_seconds"]
+    assert done["best_val_acc"] == summary["best"]["val_acc"] and done["best_epoch"] == 1
+    assert (done["arch"], done["dataset"], done["epochs_done"], done["epochs_planned"]) == ("custom", "digits", 1, 1)
+    assert "did not improve" in by_name["patience"]["reason"]
+    assert by_name["sigint"]["test_acc"] is None and by_name["sigint"]["best_epoch"] == 1
+
+
+def test_sort_by_val_acc_puts_the_best_first_and_runs_without_one_last(runs_dir):
+    code, stdout, _ = _invoke("runs", runs_dir, "--sort", "val_acc", "--json")
+    assert code == 0
+    accs = [r["best_val_acc"] for r in json.loads(stdout)]
+    assert accs[-1] is None and accs[:-1] == sorted(accs[:-1], reverse=True)
+    code, _, stderr = _invoke("runs", runs_dir, "--sort", "val_acc2")
+    assert code == 2 and "did you mean 'val_acc'" in stderr
+
+
+def test_held_lock_lists_as_running_and_a_failure_marker_as_failed(runs_dir, tmp_path):
+    folder = tmp_path / "runs"
+    shutil.copytree(runs_dir / "sigint", folder / "live")
+    shutil.copytree(runs_dir / "sigint", folder / "crashed")
+    (folder / "crashed" / STATUS_FILE).write_text('{"status": "failed", "reason": "the training loss became nan"}')
+    proc = _holder_process(folder / "live")
+    try:
+        code, stdout, _ = _invoke("runs", folder)
+        (running,) = [r for r in list_runs(folder) if r["name"] == "live"]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 0 and f"running (pid {proc.pid})" in stdout
+    assert running["status"] == "running" and running["pid"] == proc.pid
+    assert {r["name"]: r["status"] for r in list_runs(folder)} == {"live": "interrupted", "crashed": "failed"}
+
+
+def test_nested_runs_found_and_named_by_path(runs_dir, tmp_path):
+    shutil.copytree(runs_dir / "done", tmp_path / "compare" / "adam")
+    (tmp_path / "compare" / "adam" / "visualize").mkdir()
+    (tmp_path / "compare" / "adam" / "visualize" / "config.yaml").write_text("not a run\n")
+    assert [r["name"] for r in list_runs(tmp_path)] == ["compare/adam"]
+
+
+def test_missing_folder_is_exit_2_naming_it(tmp_path):
+    code, _, stderr = _invoke("runs", tmp_path / "nowhere")
+    assert code == 2 and str(tmp_path / "nowhere") in stderr
+
+
+def test_empty_folder_lists_nothing(tmp_path):
+    code, stdout, stderr = _invoke("runs", tmp_path)
+    assert code == 0 and stdout == "" and "no runs" in stderr
+    code, stdout, _ = _invoke("runs", tmp_path, "--json")
+    assert code == 0 and json.loads(stdout) == []
+
+
+def test_listing_does_not_import_torch(runs_dir):
+    code = ("import sys\nfrom cnnctl.runs import list_runs\n"
+            f"assert len(list_runs({str(runs_dir)!r})) == 4\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -98,7 +98,7 @@ def test_grid_runs_every_point_once(cli, base, tmp_path):
 
 
 def test_hopeless_trials_are_pruned(cli, base, tmp_path, monkeypatch):
-    monkeypatch.setattr("cnnctl.tune.PRUNER", {"n_startup_trials": 1, "n_warmup_steps": 0})
+    monkeypatch.setattr("cnnctl.tune.study.PRUNER", {"n_startup_trials": 1, "n_warmup_steps": 0})
     space = write_config(tmp_path / "space.yaml", "optimizer.lr: [0.003, 1.0e-7]\n")  # a good and a useless lr
     # seed 0 draws lr 1e-7, 0.003, 1e-7: the second useless trial meets a median that the good run lifts
     result = cli("tune", base, "--space", space, "--method", "random", "--trials", "3", "--seed", "0",
@@ -148,24 +148,52 @@ def test_two_processes_share_one_sqlite_study(cli, base, tmp_path):
 
 
 @pytest.mark.parametrize(("text", "key", "expected"), [
-    ("optimizr.lr: {loguniform: [1.0e-4, 1.0e-1]}", "optimizr.lr", "did you mean 'optimizer.lr'"),
-    ("optimizer.name: {uniform: [0, 1]}", "optimizer.name", "takes a string"),
+    ("optimizer.lrr: {loguniform: [1.0e-4, 1.0e-1]}", "optimizer.lrr", "unknown config key; did you mean 'lr'?"),
+    ("optimizr.lr: {loguniform: [1.0e-4, 1.0e-1]}", "optimizr.lr", "did you mean 'optimizer'?"),
+    ("optimizer: {lrr: {loguniform: [1.0e-4, 1.0e-1]}}", "optimizer.lrr", "did you mean 'lr'?"),  # nested form
+    ("optimizer.lr.x: [1, 2]", "optimizer.lr.x", "optimizer.lr is a value, not a section"),
+    ("model.dropout: {uniform: [0.0, 0.5], lgo: true}", "model.dropout.lgo", "unknown option of uniform; did you mean 'log'?"),
+    ("optimizer.name: {choise: [sgd, adam]}", "optimizer.name.choise", "unknown distribution 'choise'; did you mean 'choice'?"),
+    ("optimizer.lr: {uniform: [0.1, 0.2], loguniform: [0.1, 0.2]}", "optimizer.lr", "give exactly one of"),
+    ("optimizer.name: {uniform: [0, 1]}", "optimizer.name", "uniform draws numbers, but optimizer.name refuses them"),
+    ("optimizer.nesterov: {int: [0, 1]}", "optimizer.nesterov", "valid boolean"),  # a 0/1 is no true/false
     ("optimizer.lr: {uniform: [0.1, 0.01]}", "optimizer.lr", "low is greater than high"),
+    ("optimizer.lr: {uniform: [abc, 0.01]}", "optimizer.lr.uniform[0]", "(got 'abc')"),
+    ("optimizer.lr: {uniform: [0.01, 0.1], step: 0.01, log: true}", "optimizer.lr", "not both"),
     ("optimizer.name: {choice: []}", "optimizer.name", "non-empty list"),
+    ("optimizer.name: [adam, adam]", "optimizer.name", "lists a value twice"),
     ("optimizer.name: [sgd, adamm]", "optimizer.name", "did you mean 'adam'"),
     ("optimizer.lr: {loguniform: [0, 0.1]}", "optimizer.lr", "low must be > 0"),
-    ("model.dropout: {uniform: [0.0, 1.5]}", "model.dropout", "less than 1"),
-    ("data.batch_size: {uniform: [16, 64]}", "data.batch_size", "takes whole numbers"),
-    ("optimizer.lr: {logunifrom: [1.0e-4, 1.0e-1]}", "optimizer.lr", "did you mean 'loguniform'"),
+    ("model.dropout: {uniform: [0.0, 1.5]}", "model.dropout", "cannot be 1.5: input should be less than 1"),
+    ("data.batch_size: {uniform: [16, 64]}", "data.batch_size", "takes whole numbers; use {int: [16, 64]}"),
+    ("train.epochs: {int: [1, 4.5]}", "train.epochs.int[1]", "valid integer (got 4.5)"),
+    ("train.epochs: {int: [1, 6], step: 2}", "train.epochs", "not a multiple of the step"),
+    ("data.channels: [1, 2]", "data.channels", "cannot be 2"),
+    ("optimizer.lr: {logunifrom: [1.0e-4, 1.0e-1]}", "optimizer.lr.logunifrom", "did you mean 'loguniform'"),
     ("optimizer.lr: 0.1", "optimizer.lr", "give a list of values"),
+    ("name: [a, b]", "name", "set by cnnctl tune"),
 ])
 def test_bad_space_is_refused_before_any_trial(cli, base, tmp_path, text, key, expected):
     space = write_config(tmp_path / "bad.yaml", text + "\n")
     result = cli("tune", base, "--space", space, "--trials", "2", "--out", tmp_path / "out")
     assert result.exit_code == 2, result.output
-    assert f"{space}: {key}:" in result.stderr and expected.lower() in result.stderr.lower(), result.stderr
+    assert result.stderr.startswith(f"error: {space}: {key}: "), result.stderr
+    assert expected.lower() in result.stderr.lower(), result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_space_typos_read_as_the_issue_asks(cli, base, tmp_path):
+    space = write_config(tmp_path / "typo.yaml", "optimizer.lrr: [0.01, 0.1]\n")
+    result = cli("tune", base, "--space", space, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0].startswith(f"error: {space}: optimizer.lrr: unknown config key; did you "
+                                                    "mean 'lr'?")
+    space = write_config(tmp_path / "typo.yaml", "optimizer.lr: {uniform: [0.01, 0.1], lgo: true}\n")
+    result = cli("tune", base, "--space", space, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0].startswith(f"error: {space}: optimizer.lr.lgo: unknown option of uniform; "
+                                                    "did you mean 'log'?")
 
 
 def test_grid_needs_listed_values(cli, base, tmp_path):
@@ -198,6 +226,6 @@ def test_bundled_space_validates_against_its_config():
 
 @pytest.mark.parametrize("value", [1e-05, 0.1 + 0.2, "adam", None, True, 64, "yes", "1e-3"])
 def test_trial_values_round_trip_through_set(value):
-    from cnnctl.tune import _yaml_value
+    from cnnctl.tune.space import yaml_value
 
-    assert parse_override(f"k={_yaml_value(value)}")[1] == value
+    assert parse_override(f"k={yaml_value(value)}")[1] == value

@@ -196,6 +196,45 @@ def test_space_typos_read_as_the_issue_asks(cli, base, tmp_path):
                                                     "did you mean 'log'?")
 
 
+@pytest.mark.parametrize(("text", "key", "expected"), [
+    # issue 13.9: an architecture that cannot take the digits' 8x8 input
+    ("model.arch: {choice: [vgg11]}", "model.arch", "vgg11: model.arch vgg11 cannot take a 1x8x8 input"),
+    # only one combination fails: the architecture is named beside the other shaping values
+    ("model.arch: [lenet5, vgg11]\ndata.image_size: [32, 8]\noptimizer.lr: {loguniform: [1.0e-3, 1.0e-2]}",
+     "model.arch", "vgg11 (beside data.image_size=8): model.arch vgg11 cannot take a 1x8x8 input"),
+    # the ends of an int range of image sizes
+    ("data.image_size: {int: [8, 24]}\nmodel.arch: [vgg11]", "model.arch", "(beside data.image_size=8)"),
+])
+def test_space_whose_network_cannot_take_the_input_is_refused_before_any_trial(cli, base, tmp_path, text, key,
+                                                                                expected):
+    space = write_config(tmp_path / "shape.yaml", text + "\n")
+    result = cli("tune", base, "--space", space, "--trials", "2", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {space}: {key}: "), result.stderr
+    assert expected in result.stderr and "needs inputs of at least 32x32" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_custom_layers_are_checked_at_each_image_size_of_the_space(cli, tmp_path):
+    custom = write_config(tmp_path / "custom.yaml", TINY.replace(
+        "model: {arch: lenet5}", "model: {arch: custom, layers: [{conv: {out: 4, kernel: 5}}, relu, flatten, linear]}"))
+    space = write_config(tmp_path / "sizes.yaml", "data.image_size: [16, 4]\n")
+    result = cli("tune", custom, "--space", space, "--trials", "2", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {space}: data.image_size: 4: "), result.stderr
+    assert "model.layers[0] (conv): a 5x5 kernel does not fit the 1x4x4 map" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_base_config_whose_network_cannot_take_the_input_names_the_config(cli, tmp_path):
+    vgg = write_config(tmp_path / "vgg.yaml", TINY.replace("arch: lenet5", "arch: vgg11"))
+    space = write_config(tmp_path / "lr.yaml", "optimizer.lr: [0.01, 0.1]\n")
+    result = cli("tune", vgg, "--space", space, "--trials", "2", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {vgg}: model.arch vgg11 cannot take a 1x8x8 input"), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_grid_needs_listed_values(cli, base, tmp_path):
     space = write_config(tmp_path / "bad.yaml", "optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}\n")
     result = cli("tune", base, "--space", space, "--method", "grid", "--out", tmp_path / "out")

@@ -545,7 +545,8 @@ def check_networks(path: Path, base: dict[str, Any], source: str, params: list[P
                 raise ShapeError(str(e), file=source) from None  # the base config's own network: not the space's fault
             blamed = next((p for p in shaping if p.key == "model.arch"), shaping[0])
             beside = " ".join(f"{k}={yaml_value(v)}" for k, v in values.items() if k != blamed.key)
-            raise ShapeError(f"{yaml_value(values[blamed.key])}{f' (beside {beside})' if beside else ''}: {e}. "
-                             f"Remove it from the space, or give the space only values the network can take",
+            value = yaml_value(values[blamed.key])
+            raise ShapeError(f"{value}{f' (beside {beside})' if beside else ''}: {e}. Remove {value} from the "
+                             f"space's {blamed.key}, or keep to values whose networks take the input",
                              file=str(path), key=blamed.key) from None
 

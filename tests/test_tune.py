@@ -33,6 +33,32 @@ def read_trials(study_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def ensemble_by_hand(checkpoints: list[Path]) -> tuple[float, float]:
+    """Test accuracy and loss of the mean softmax of ``checkpoints``, with plain torch (not cnnctl's evaluation)."""
+    import torch
+
+    from cnnctl.config import Config
+    from cnnctl.data.base import load_data, to_model_input
+    from cnnctl.models.registry import create_model
+
+    probs, labels = [], None
+    for path in checkpoints:
+        ckpt = torch.load(path, weights_only=True)
+        cfg, spec = Config.model_validate(ckpt["config"]), ckpt["input"]
+        test = load_data(cfg.data, cfg.seed).test
+        model = create_model(cfg.model, in_channels=spec["channels"], image_size=tuple(spec["size"]),
+                             num_classes=len(ckpt["classes"]))
+        model.load_state_dict(ckpt["model"])
+        with torch.no_grad():
+            x = to_model_input(test.images, spec["mean"], spec["std"], torch.device("cpu"))
+            probs.append(model.eval()(x).softmax(1))
+        assert labels is None or torch.equal(labels, test.labels)
+        labels = test.labels
+    mean = torch.stack(probs).mean(0)
+    accuracy = (mean.argmax(1) == labels).double().mean().item()
+    return accuracy, torch.nn.functional.nll_loss(mean.log(), labels).item()
+
+
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
     return write_config(tmp_path / "tiny.yaml", TINY)
@@ -76,7 +102,18 @@ def test_tpe_study_best_yaml_and_ensemble(cli, base, tmp_path, caplog):
     ranked = sorted(rows, key=lambda r: -float(r["val_acc"]))[:2]
     assert [m["trial"] for m in ensemble["members"]] == [int(r["trial"]) for r in ranked]
     assert ensemble["ensemble"]["split"] == "test" and ensemble["ensemble"]["n"] == 359
-    assert 0.0 <= ensemble["ensemble"]["accuracy"] <= 1.0
+    # The figures against computations made elsewhere: each member's test accuracy is the one its own run measured
+    # at its end (summary.json, the engine's evaluation), and the ensemble's is the mean of the members' softmax
+    # computed here by hand from the two best.pt files.
+    for member, r in zip(ensemble["members"], ranked, strict=True):
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert summary["test_weights"] == "best" and member["accuracy"] == summary["test"]["accuracy"]
+        assert member["value"] == float(r["val_acc"]) == summary["best"]["val_acc"]
+    accuracy, loss = ensemble_by_hand([Path(r["run_dir"]) / "best.pt" for r in ranked])
+    assert ensemble["ensemble"]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    assert ensemble["ensemble"]["loss"] == pytest.approx(loss, rel=1e-4)
+    header = (study_dir / "best.yaml").read_text().splitlines()[0]
+    assert header == f"# best trial {ranked[0]['trial']} of study tiny: val_acc {float(ranked[0]['val_acc']):.4f}"
     text = caplog.text
     assert "ensemble of the 2 best trials on test (n=359)" in text
     assert f"trial {ranked[0]['trial']:>4} (val_acc" in text and "optimizer.lr" in text  # the table

@@ -27,14 +27,12 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     StrictBool,
-    StrictFloat,
-    StrictInt,
     Tag,
     TypeAdapter,
     ValidationError,
@@ -70,15 +68,34 @@ def _exponent(value: Any) -> Any:
     return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()) else value
 
 
-def _whole(value: Any) -> Any:
+def _number(value: Any) -> float | int:
     value = _exponent(value)
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"needs a finite number, not {_short_repr(value)}")
+    return value
 
 
-Number = Annotated[StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)], BeforeValidator(_exponent)]
-Whole = Annotated[StrictInt, BeforeValidator(_whole)]
-Value = Annotated[StrictBool | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)] | str | None,
-                  BeforeValidator(_exponent)]
+def _whole(value: Any) -> int:
+    value = _number(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"needs a whole number, not {value:g}")
+    return int(value)
+
+
+def _scalar(value: Any) -> Any:
+    value = _exponent(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise ValueError(f"choice values are numbers, strings, true/false or null (optuna samples no lists or "
+                         f"mappings); got {_short_repr(value)}")
+    return value
+
+
+# Plain validators rather than unions of strict types: one message per bad value, and no bool taken for a number.
+Number = Annotated[Any, AfterValidator(_number)]
+Whole = Annotated[Any, AfterValidator(_whole)]
+Value = Annotated[Any, AfterValidator(_scalar)]
 
 
 class _Distribution(BaseModel):
@@ -371,8 +388,8 @@ def _format_distribution_error(error: ValidationError, path: Path, key: str, kin
             lines.append(f"{path}: {key}.{name}: unknown option of {kind}{did_you_mean(name, options)} "
                          f"{kind} takes: {', '.join(options)}")
             continue
-        # cnnctl's own sentences (value_error) say which part is wrong; pydantic's need the place
-        where = "" if err["type"] == "value_error" else "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        # a problem with the whole distribution, or with its list as a whole, is the key's
+        where = "" if loc in ([], [kind]) else "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] not in ("value_error", "assertion_error") and "input" in err:
             msg += f" (got {_short_repr(err['input'])})"

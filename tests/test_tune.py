@@ -198,7 +198,7 @@ def test_two_processes_share_one_sqlite_study(cli, base, tmp_path):
     ("optimizer.lr: {uniform: [abc, 0.01]}", "optimizer.lr.uniform[0]", "needs a finite number, not 'abc'"),
     ("optimizer.lr: {uniform: [0.01, 0.1], step: 0.01, log: true}", "optimizer.lr", "not both"),
     ("optimizer.name: {choice: []}", "optimizer.name", "non-empty list"),
-    ("optimizer.name: [adam, adam]", "optimizer.name", "lists a value twice"),
+    ("optimizer.name: [adam, sgd, adam]", "optimizer.name", "choice lists adam twice"),
     ("optimizer.betas: [[0.9, 0.99], [0.8, 0.9]]", "optimizer.betas.choice[0]", "optuna samples no lists"),
     ("optimizer.lr: [.inf, 0.1]", "optimizer.lr.choice[0]", "inf is not a finite number"),
     ("optimizer.lr: {uniform: [true, 0.1]}", "optimizer.lr.uniform[0]", "needs a finite number, not True"),
@@ -222,6 +222,13 @@ def test_bad_space_is_refused_before_any_trial(cli, base, tmp_path, text, key, e
     assert expected.lower() in result.stderr.lower(), result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_value_in_a_space_is_not_echoed_whole(cli, base, tmp_path):
+    space = write_config(tmp_path / "huge.yaml", f"optimizer.name: [adam, {'x' * 100_000}]\n")
+    result = cli("tune", base, "--space", space, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {space}: optimizer.name: "), result.stderr
+    assert "unknown optimizer" in result.stderr and len(result.stderr) < 2_000
 
 
 def test_space_typos_read_as_the_issue_asks(cli, base, tmp_path):

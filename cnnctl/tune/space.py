@@ -220,7 +220,8 @@ class Choice(_Distribution):
         if not values:
             raise ValueError("choice needs a non-empty list of values, e.g. {choice: [sgd, adam]}")
         if len({repr(v) for v in values}) != len(values):
-            raise ValueError(f"choice {yaml_value(values)} lists a value twice")
+            twice = next(v for i, v in enumerate(values) if repr(v) in {repr(u) for u in values[:i]})
+            raise ValueError(f"choice lists {_shown(twice)} twice")
         return values
 
     @property
@@ -311,8 +312,8 @@ def load_space(path: Path, base: dict[str, Any], source: str, *, grid: bool) -> 
         for value in p.probes():
             problem = _config_problem(base, {p.key: value})
             if problem and not _any_valid(base, {p.key: value}, others):
-                raise ConfigError(f"{p.describe()}: the config refuses {p.key}={yaml_value(value)} whatever the "
-                                  f"space's other values: {problem}", file=str(path), key=p.key)
+                raise ConfigError(f"{_clip(p.describe())}: the config refuses {p.key}={_shown(value)} whatever the "
+                                  f"space's other values: {_clip(problem, 400)}", file=str(path), key=p.key)
     numeric = [p for p in params if p.kind != "choice"]
     choices = [p for p in params if p.kind == "choice"]
     for end, pick in (("lowest", 0), ("highest", -1)):
@@ -320,7 +321,7 @@ def load_space(path: Path, base: dict[str, Any], source: str, *, grid: bool) -> 
         problem = _config_problem(base, ends)
         if problem and not _any_valid(base, ends, choices):
             raise ConfigError(f"the config ({source}) refuses the {end} values of the space's ranges together "
-                              f"({' '.join(overrides_for(ends))}): {problem}", file=str(path))
+                              f"({_clip(' '.join(overrides_for(ends)), 400)}): {_clip(problem, 400)}", file=str(path))
     return params
 
 
@@ -397,9 +398,17 @@ def _format_distribution_error(error: ValidationError, path: Path, key: str, kin
     return "\n".join(dict.fromkeys(lines))
 
 
-def _short_repr(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+def _clip(text: str, limit: int = 120) -> str:
+    """A message part cut to ``limit`` characters: a huge value in a space file never makes a huge message."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short_repr(value: Any) -> str:
+    return _clip(repr(value), 60)
+
+
+def _shown(value: Any) -> str:
+    return _clip(yaml_value(value), 60)
 
 
 # ---------------------------------------------------------------- the config schema
@@ -461,7 +470,7 @@ def _check_field_type(path: Path, key: str, field: FieldInfo, dist: _Distributio
             errors = e.errors()
         reason = errors[-1]["msg"]
         if not numeric:
-            raise ConfigError(f"{dist.describe()}: {key} cannot be {yaml_value(value)}: {reason}",
+            raise ConfigError(f"{_clip(dist.describe())}: {key} cannot be {_shown(value)}: {_clip(reason)}",
                               file=str(path), key=key)
         if any(err["type"] in _RANGE_ERRORS for err in errors):
             reason = next(err["msg"] for err in errors if err["type"] in _RANGE_ERRORS)
@@ -561,8 +570,8 @@ def check_networks(path: Path, base: dict[str, Any], source: str, params: list[P
             if not shaping:
                 raise ShapeError(str(e), file=source) from None  # the base config's own network: not the space's fault
             blamed = next((p for p in shaping if p.key == "model.arch"), shaping[0])
-            beside = " ".join(f"{k}={yaml_value(v)}" for k, v in values.items() if k != blamed.key)
-            value = yaml_value(values[blamed.key])
+            beside = " ".join(f"{k}={_shown(v)}" for k, v in values.items() if k != blamed.key)
+            value = _shown(values[blamed.key])
             raise ShapeError(f"{value}{f' (beside {beside})' if beside else ''}: {e}. Remove {value} from the "
                              f"space's {blamed.key}, or keep to values whose networks take the input",
                              file=str(path), key=blamed.key) from None

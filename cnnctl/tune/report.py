@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import CnnctlError, TrainingError
-from cnnctl.tune.space import Param, overrides_for, trial_config
+from cnnctl.tune.space import Param, overrides_for, trial_config, yaml_value
 
 log = logging.getLogger("cnnctl.tune")
 
@@ -51,7 +51,7 @@ def trial_rows(trials: list[Any], params: list[Param], states: Any) -> list[dict
 
 
 def report(study: Any, rows: list[dict[str, Any]], params: list[Param], base: dict[str, Any], source: str,
-            study_dir: Path, info: dict[str, Any], ensemble_top: int, device: str) -> dict[str, Any]:
+           study_dir: Path, info: dict[str, Any], ensemble_top: int, device: str) -> dict[str, Any]:
     """The table on stderr; study.json, trials.csv, history.png, importances.json, best.yaml; the ensemble."""
     study_name, metric, direction = info["study"], info["metric"], info["direction"]
     complete = sorted((r for r in rows if r["state"] == "complete" and r["value"] is not None),
@@ -83,7 +83,7 @@ def report(study: Any, rows: list[dict[str, Any]], params: list[Param], base: di
                                 f"{failed[0]['note']}. Every trial is in {study_dir / 'trials.csv'}")
         log.warning("no completed trial yet: best.yaml not written")
         return result
-    cfg = trial_config(base, best["params"], source).model_copy(update={"name": f"{study_name}-best"})
+    cfg = trial_config(base, best["params"], source, [f"name={yaml_value(f'{study_name}-best')}"])
     header = f"# best trial {best['trial']} of study {study_name}: {metric} {best['value']:.4f}\n"
     if write:
         write_text(study_dir / "best.yaml", header + cfg.to_yaml())

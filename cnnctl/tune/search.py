@@ -21,7 +21,15 @@ from cnnctl.errors import CnnctlError, TrainingError, UsageError, first_line
 from cnnctl.registry import did_you_mean
 from cnnctl.tune import study as studies
 from cnnctl.tune.report import report, trial_rows, update_summary, write_text
-from cnnctl.tune.space import Param, check_networks, load_space, overrides_for, resolve_space_path, trial_config
+from cnnctl.tune.space import (
+    Param,
+    check_networks,
+    load_space,
+    overrides_for,
+    resolve_space_path,
+    trial_config,
+    yaml_value,
+)
 
 log = logging.getLogger("cnnctl.tune")
 
@@ -96,7 +104,7 @@ class _Objective:
         run_dir = self.study_dir / f"trial-{n:04d}"
         try:
             cfg = trial_config(self.base, values, f"{self.source} (trial {n})",
-                               [f"name={run_dir.name}", f"out={self.study_dir}"])
+                               [f"name={run_dir.name}", f"out={yaml_value(str(self.study_dir))}"])
             run_dir = Path(_train_trial(cfg, pruning)["run_dir"])
             scores = pruning.scores()
             if not scores:

@@ -19,7 +19,6 @@ from typing import Any
 from cnnctl.config import Config, load_config
 from cnnctl.errors import CnnctlError, TrainingError, UsageError, first_line
 from cnnctl.registry import did_you_mean
-from cnnctl.tune import study as studies
 from cnnctl.tune.report import report, trial_rows, update_summary, write_text
 from cnnctl.tune.space import (
     Param,
@@ -30,6 +29,7 @@ from cnnctl.tune.space import (
     trial_config,
     yaml_value,
 )
+from cnnctl.tune.study import METHODS, import_optuna, make_pruner, make_sampler, mask, open_study
 
 log = logging.getLogger("cnnctl.tune")
 
@@ -175,8 +175,8 @@ def _quiet_logs() -> Iterator[None]:
 
 def _check_args(method: str, metric: str, trials: int | None, timeout: float | None, ensemble_top: int,
                 study: str | None) -> None:
-    if method not in studies.METHODS:
-        raise UsageError(f"--method {method!r}: choose grid, random or tpe{did_you_mean(method, studies.METHODS)}")
+    if method not in METHODS:
+        raise UsageError(f"--method {method!r}: choose grid, random or tpe{did_you_mean(method, METHODS)}")
     if metric not in METRICS:
         raise UsageError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}{did_you_mean(metric, METRICS)}")
     if trials is not None and trials < 1:
@@ -206,7 +206,7 @@ def run_tune(config: str, space: str, *, overrides: list[str] | None = None, tri
     base = base_cfg.dump()
     params = load_space(space_path, base, str(config_path), grid=method == "grid")
     check_networks(space_path, base, str(config_path), params)
-    optuna = studies.import_optuna()
+    optuna = import_optuna()
     from optuna.trial import TrialState
 
     study_name = study or base_cfg.name or config_path.stem
@@ -215,10 +215,10 @@ def run_tune(config: str, space: str, *, overrides: list[str] | None = None, tri
     total = trials if trials is not None else (None if timeout is not None else DEFAULT_TRIALS)
     if grid_size is not None:
         total = min(trials or grid_size, grid_size)
-    sampler = studies.make_sampler(optuna, method, params, seed, shared=storage is not None)
-    the_study = studies.open_study(optuna, storage, study_name, sampler=sampler,
-                                   pruner=studies.make_pruner(optuna, prune), direction=direction,
-                                   identity={"metric": metric, "space": {p.key: p.describe() for p in params}})
+    sampler = make_sampler(optuna, method, params, seed, shared=storage is not None)
+    the_study = open_study(optuna, storage, study_name, sampler=sampler, pruner=make_pruner(optuna, prune),
+                           direction=direction, identity={"metric": metric,
+                                                          "space": {p.key: p.describe() for p in params}})
 
     out_root = Path(out or base_cfg.out)
     if storage is None:
@@ -230,7 +230,7 @@ def run_tune(config: str, space: str, *, overrides: list[str] | None = None, tri
 
     done = len(the_study.get_trials(deepcopy=False))
     budget = None if total is None else total - done
-    where = f"storage {studies.mask(storage)}" if storage else "in memory"
+    where = f"storage {mask(storage)}" if storage else "in memory"
     log.info("study %s (%s, %s %s, %s): %s", study_name, where, direction, metric, method,
              "no trial limit" if total is None else f"{total} trials in all, {done} already there")
     if budget is not None and budget <= 0:
@@ -243,7 +243,7 @@ def run_tune(config: str, space: str, *, overrides: list[str] | None = None, tri
                                catch=(_TrialFailed,))
 
     rows = trial_rows(the_study.get_trials(deepcopy=False), params, TrialState)
-    info = {"study": study_name, "uid": the_study.user_attrs.get("cnnctl_uid"), "storage": studies.mask(storage),
+    info = {"study": study_name, "uid": the_study.user_attrs.get("cnnctl_uid"), "storage": mask(storage),
             "method": method, "metric": metric, "direction": direction, "trials": total,
             "finished": sum(r["state"] in FINISHED for r in rows)}
     return report(the_study, rows, params, base, str(config_path), study_dir, info, ensemble_top,

@@ -32,7 +32,11 @@ def n_params(model: nn.Module) -> int:
 SIDES = {"alexnet": 64, "resnet101": 16, "resnet152": 16, "resnet200": 16, "lenet5": 28}
 
 
-@pytest.mark.parametrize("arch", MODELS.names())
+# resnet1202 is resnet20's blocks repeated 200 times a stage: its own slow test below runs it (in training mode).
+ZOO = [a for a in MODELS.names() if a != "resnet1202"]
+
+
+@pytest.mark.parametrize("arch", ZOO)
 def test_every_registered_model_runs_two_images(arch):
     torch.manual_seed(0)
     side = SIDES.get(arch, 32)
@@ -92,6 +96,47 @@ def test_classic_parameter_counts():
     assert resnet20 == 272_474 and 0.26e6 < resnet20 < 0.28e6
     assert n_params(build("resnet110")) == pytest.approx(1.7e6, rel=0.03)  # Table 6: 1.7M
     assert n_params(build("alexnet", side=224, classes=1000)) == 61_100_840
+
+
+# He et al. 2016, "Deep Residual Learning for Image Recognition", Table 6 (CIFAR-10): ResNet-1202, 19.4M
+# parameters. Ours: 19,424,026 = 19.4M, of which 2,752 are the two 1x1 projection shortcuts (option B; the paper's
+# CIFAR nets use option A, zero-padding, which has none: 19,421,274).
+RESNET1202_PARAMS = 19_424_026
+
+
+def cifar_resnet_params(n: int, classes: int = 10) -> int:
+    """He et al.'s CIFAR ResNet-(6n+2) counted by hand: a 3x3 conv of 16 + BN, three stages of n basic blocks (two
+    3x3 convs + two BNs each) at 16/32/64 channels, a 1x1 conv + BN projection where a stage halves the map, and fc."""
+    total = 3 * 16 * 9 + 2 * 16
+    for w_in, w in ((16, 16), (16, 32), (32, 64)):
+        total += n * (2 * w * w * 9 + 2 * 2 * w) - (w - w_in) * w * 9  # the first block's conv takes w_in channels
+        total += (w_in * w + 2 * w) if w_in != w else 0
+    return total + 64 * classes + classes
+
+
+def test_resnet1202_has_he_et_al_parameter_count():
+    assert cifar_resnet_params(3) == n_params(build("resnet20")) == 272_474
+    with torch.device("meta"):  # the layout and the count without allocating or initialising 19.4M weights
+        model = build("resnet1202")
+    assert [len(getattr(model, f"layer{i}")) for i in (1, 2, 3)] == [200, 200, 200]  # n = (1202 - 2) / 6
+    assert n_params(model) == cifar_resnet_params(200) == RESNET1202_PARAMS
+    assert round(n_params(model) / 1e6, 1) == 19.4
+
+
+@pytest.mark.slow
+def test_resnet1202_builds_and_summarises_on_cifar_images():
+    from cnnctl.models.summary import summarize
+
+    model = build("resnet1202")
+    s = summarize(model, (3, 32, 32))
+    assert s["params"] == RESNET1202_PARAMS and s["depth"] == 1202
+    # Training mode: batch norm uses the batch's statistics. In eval mode an *untrained* ResNet-1202 overflows:
+    # with BN's initial running statistics (mean 0, variance 1) each of the 600 blocks adds a branch about as large
+    # as its input, doubling the variance 600 times; training replaces those statistics before any evaluation.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.train()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
 def test_cifar_resnet_layout():

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cnnctl.errors import ConfigError
+from cnnctl.models.specs import Layer
 from cnnctl.registry import closest
 
 
@@ -107,7 +108,7 @@ class ModelConfig(Section):
     activation: Literal["auto", "relu", "tanh", "sigmoid", "gelu", "leaky_relu"] = "auto"  # lenet5: auto = relu
     pool: Literal["auto", "max", "avg"] = "auto"  # lenet5: auto = max
     zero_init_residual: bool = False
-    layers: list[str | dict[str, Any]] = []
+    layers: list[Layer] = []  # arch custom: typed per kind (cnnctl.models.specs), checked here at load
 
     @field_validator("arch")
     @classmethod

@@ -45,7 +45,7 @@ TORCHVISION = "torchvision.mobilenet_v3_small"
 # (the exporter that rewrites the graph) and marked slow; every distinct block, stem and layer kind is exported
 # in both formats: lenet5, alexnet, custom, vgg11(_bn), resnet18 (both stems), resnet50, resnet20, torchvision.
 DEPTH_ONLY = {"vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "resnet34", "resnet101", "resnet152",
-              "resnet200", "resnet32", "resnet44", "resnet56", "resnet110"}
+              "resnet200", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"}
 # Models that cannot be exported, with the reason: (arch, format) -> why. Empty: every model exports.
 CANNOT_EXPORT: dict[tuple[str, str], str] = {}
 

@@ -8,10 +8,11 @@ import torch
 import torchvision
 from torch import nn
 
-from cnnctl.config import ModelConfig
+from cnnctl.config import ModelConfig, load_config
 from cnnctl.errors import ConfigError, ShapeError
-from cnnctl.models.layers import check_layers
+from cnnctl.models.layers import MAX_ELEMENTS, PLANS, check_layers
 from cnnctl.models.registry import MODELS, create_model
+from cnnctl.models.specs import KINDS
 
 SMALL_CUSTOM = [{"conv": {"out": 4, "kernel": 3, "padding": 1}}, "relu", {"maxpool": 2}, "flatten", "linear"]
 
@@ -31,7 +32,11 @@ def n_params(model: nn.Module) -> int:
 SIDES = {"alexnet": 64, "resnet101": 16, "resnet152": 16, "resnet200": 16, "lenet5": 28}
 
 
-@pytest.mark.parametrize("arch", MODELS.names())
+# resnet1202 is resnet20's blocks repeated 200 times a stage: its own slow test below runs it (in training mode).
+ZOO = [a for a in MODELS.names() if a != "resnet1202"]
+
+
+@pytest.mark.parametrize("arch", ZOO)
 def test_every_registered_model_runs_two_images(arch):
     torch.manual_seed(0)
     side = SIDES.get(arch, 32)
@@ -91,6 +96,47 @@ def test_classic_parameter_counts():
     assert resnet20 == 272_474 and 0.26e6 < resnet20 < 0.28e6
     assert n_params(build("resnet110")) == pytest.approx(1.7e6, rel=0.03)  # Table 6: 1.7M
     assert n_params(build("alexnet", side=224, classes=1000)) == 61_100_840
+
+
+# He et al. 2016, "Deep Residual Learning for Image Recognition", Table 6 (CIFAR-10): ResNet-1202, 19.4M
+# parameters. Ours: 19,424,026 = 19.4M, of which 2,752 are the two 1x1 projection shortcuts (option B; the paper's
+# CIFAR nets use option A, zero-padding, which has none: 19,421,274).
+RESNET1202_PARAMS = 19_424_026
+
+
+def cifar_resnet_params(n: int, classes: int = 10) -> int:
+    """He et al.'s CIFAR ResNet-(6n+2) counted by hand: a 3x3 conv of 16 + BN, three stages of n basic blocks (two
+    3x3 convs + two BNs each) at 16/32/64 channels, a 1x1 conv + BN projection where a stage halves the map, and fc."""
+    total = 3 * 16 * 9 + 2 * 16
+    for w_in, w in ((16, 16), (16, 32), (32, 64)):
+        total += n * (2 * w * w * 9 + 2 * 2 * w) - (w - w_in) * w * 9  # the first block's conv takes w_in channels
+        total += (w_in * w + 2 * w) if w_in != w else 0
+    return total + 64 * classes + classes
+
+
+def test_resnet1202_has_he_et_al_parameter_count():
+    assert cifar_resnet_params(3) == n_params(build("resnet20")) == 272_474
+    with torch.device("meta"):  # the layout and the count without allocating or initialising 19.4M weights
+        model = build("resnet1202")
+    assert [len(getattr(model, f"layer{i}")) for i in (1, 2, 3)] == [200, 200, 200]  # n = (1202 - 2) / 6
+    assert n_params(model) == cifar_resnet_params(200) == RESNET1202_PARAMS
+    assert round(n_params(model) / 1e6, 1) == 19.4
+
+
+@pytest.mark.slow
+def test_resnet1202_builds_and_summarises_on_cifar_images():
+    from cnnctl.models.summary import summarize
+
+    model = build("resnet1202")
+    s = summarize(model, (3, 32, 32))
+    assert s["params"] == RESNET1202_PARAMS and s["depth"] == 1202
+    # Training mode: batch norm uses the batch's statistics. In eval mode an *untrained* ResNet-1202 overflows:
+    # with BN's initial running statistics (mean 0, variance 1) each of the 600 blocks adds a branch about as large
+    # as its input, doubling the variance 600 times; training replaces those statistics before any evaluation.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.train()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
 def test_cifar_resnet_layout():
@@ -226,83 +272,131 @@ def test_sumpool_adds_up_each_window():
 
 
 @pytest.mark.parametrize(
-    ("layers", "error", "words"),
+    ("layers", "words"),
     [
         (
             [{"conv": {"out": 4, "kernel": 5}}, {"maxpool": 2}, {"conv": {"out": 4, "kernel": 5}}, "flatten", "linear"],
-            ShapeError,
             ["model.layers[2] (conv)", "4x2x2 map", "out = floor((2 + 2*0 - 5) / 1) + 1 = -2"],
         ),
         (
             ["flatten", {"linear": {"out": 10, "in": 100}}, "linear"],
-            ShapeError,
             ["model.layers[1] (linear)", "in = 100", "64 features reach it"],
         ),
         (
-            [{"convv": {"out": 4}}, "flatten", "linear"],
-            ConfigError,
-            ["model.layers[0]", "unknown layer kind 'convv'", "'conv'", "Known: conv, batchnorm"],
-        ),
-        (
-            [{"conv": {"out": 4, "kernal": 3}}, "flatten", "linear"],
-            ConfigError,
-            ["model.layers[0] (conv)", "'kernal'", "'kernel'"],
-        ),
-        ([{"conv": {"out": 4}}, "flatten", "linear"], ConfigError, ["model.layers[0] (conv)", "needs kernel"]),
-        (
-            [{"conv": {"out": 4, "kernel": 0}}, "flatten", "linear"],
-            ConfigError,
-            ["kernel must be an integer >= 1, not 0"],
-        ),
-        ([{"conv": {"out": 4, "kernel": "3"}}, "flatten", "linear"], ConfigError, ["kernel must be an integer"]),
-        (
-            [{"conv": {"out": 4, "kernel": 3, "bias": "no"}}, "flatten", "linear"],
-            ConfigError,
-            ["bias must be true or false"],
-        ),
-        (["flatten", {"dropout": 1.5}, "linear"], ConfigError, ["model.layers[1] (dropout)", "[0, 1)"]),
-        (["relu", {"tanh": 3}, "flatten", "linear"], ConfigError, ["model.layers[1] (tanh)", "no arguments"]),
-        (
-            [{"maxpool": {"kernel": 2, "padding": 2}}, "flatten", "linear"],
-            ConfigError,
-            ["model.layers[0] (maxpool)", "half the kernel"],
-        ),
-        ([{"conv": 4, "relu": None}, "flatten", "linear"], ConfigError, ["model.layers[0]", "one-key mapping"]),
-        (
             [{"residual": ["flatten", {"linear": 8}]}, "linear"],
-            ShapeError,
             ["model.layers[0] (residual)", "flatten", "outside"],
         ),
         (
             [{"residual": [{"conv": {"out": 4, "kernel": 3}}]}, "flatten", "linear"],
-            ShapeError,
             ["model.layers[0] (residual)", "1x8x8 map into 4x6x6 map", "no 1x1 projection"],
         ),
         (
             ["relu", {"residual": [{"conv": 4}, {"conv": {"out": 4, "kernel": 9}}]}, "flatten", "linear"],
-            ShapeError,
             ["model.layers[1].residual[1] (conv)", "out = floor((8 + 2*0 - 9) / 1) + 1 = 0"],
         ),
-        (
-            [{"residual": {"conv": 4}}, "flatten", "linear"],
-            ConfigError,
-            ["model.layers[0] (residual)", "list of layers"],
-        ),
-        (
-            [{"conv": {"out": 4, "kernel": 3}}],
-            ShapeError,
-            ["last layer gives a 4x6x6 map", "10 class scores", "linear"],
-        ),
-        (["flatten", {"linear": 7}], ShapeError, ["last layer gives 7 features", "linear"]),
-        (["flatten", {"conv": 4}, "linear"], ShapeError, ["model.layers[1] (conv)", "feature map", "64 features"]),
-        ([{"conv": 8}, "linear"], ShapeError, ["model.layers[1] (linear)", "8x8x8 map", "add `flatten`"]),
+        ([{"conv": {"out": 4, "kernel": 3}}], ["last layer gives a 4x6x6 map", "10 class scores", "linear"]),
+        (["flatten", {"linear": 7}], ["last layer gives 7 features", "linear"]),
+        (["flatten", {"conv": 4}, "linear"], ["model.layers[1] (conv)", "feature map", "64 features"]),
+        ([{"conv": 8}, "linear"], ["model.layers[1] (linear)", "8x8x8 map", "add `flatten`"]),
     ],
 )
-def test_custom_errors_name_the_layer(layers, error, words):
-    with pytest.raises(error) as info:
+def test_custom_shape_errors_name_the_layer(layers, words):
+    with pytest.raises(ShapeError) as info:
         build("custom", channels=1, side=8, layers=layers)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+# Errors that need no data: the typed layers (cnnctl.models.specs) report them when the config loads, through the
+# same formatter as every other key: `FILE: model.layers[i].kind.key: message`.
+@pytest.mark.parametrize(
+    ("layers", "line"),
+    [
+        ("[{convv: {out: 4}}]", "model.layers[0].convv: unknown key; did you mean 'conv'? Valid keys: conv, batchnorm"),
+        ("[rellu, flatten]", "model.layers[0].rellu: unknown key; did you mean 'relu'?"),
+        ("[{conv: {out: 4, kernal: 3}}]", "model.layers[0].conv.kernal: unknown key; did you mean 'kernel'? Valid keys: out, kernel, stride, padding, bias"),
+        ("[flatten, {linear: {inn: 64}}]", "model.layers[1].linear.inn: unknown key; did you mean 'in'?"),
+        ("[{conv: {out: 4}}]", "model.layers[0].conv.kernel: required key is missing"),
+        ("[{conv: {out: 4, kernel: 0}}]", "model.layers[0].conv.kernel: Input should be greater than or equal to 1 (got 0)"),
+        ("[{conv: {out: 4, kernel: '3'}}]", "model.layers[0].conv.kernel: Input should be a valid integer (got '3')"),
+        ("[{conv: {out: 4, kernel: 3, bias: 'no'}}]", "model.layers[0].conv.bias: Input should be a valid boolean (got 'no')"),
+        ("[flatten, {dropout: 1.5}]", "model.layers[1].dropout.p: Input should be less than 1 (got 1.5)"),
+        ("[relu, {tanh: 3}]", "model.layers[1].tanh: takes no arguments; write the kind's name alone, not 3"),
+        ("[{maxpool: {kernel: 2, padding: 2}}]", "model.layers[0].maxpool: padding 2 must be at most half the kernel (1)"),
+        ("[{maxpool: two}]", "model.layers[0].maxpool: takes a number (kernel) or a mapping of kernel, stride, padding, not 'two'"),
+        ("[{conv: 4, relu: null}]", "model.layers[0]: a layer is a name (e.g. relu) or a one-key mapping"),
+        ("[{residual: {conv: 4}}]", "model.layers[0].residual: Input should be a valid list"),
+        ("[{residual: []}]", "model.layers[0]: residual takes a non-empty list of layers (its branch)"),
+        ("[{residual: [relu, {conv: {out: 4, kernel: 3, biass: false}}]}]", "model.layers[0].residual[1].conv.biass: unknown key; did you mean 'bias'?"),
+        ("[{leaky_relu: .nan}]", "model.layers[0].leaky_relu.slope: Input should be a finite number"),
+    ],
+)
+def test_custom_layer_errors_name_the_file_and_the_key(tmp_path, layers, line):
+    path = tmp_path / "net.yaml"
+    path.write_text(f"model:\n  arch: custom\n  layers: {layers}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    first = str(info.value).splitlines()[0]
+    assert first.startswith(f"{path}: {line}"), first
+
+
+def test_a_misspelt_layer_key_through_the_cli(cli, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {dataset: digits}\nmodel:\n  arch: custom\n  layers:\n    - conv: {out: 4, kernal: 3}\n"
+                    "    - flatten\n    - linear\n")
+    result = cli("summary", path)
+    assert result.exit_code == 2
+    first = result.stderr.splitlines()[0]
+    assert f"{path}: model.layers[0].conv.kernal: unknown key; did you mean 'kernel'?" in first, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # not also "kernel is missing": kernal is the one mistake
+    assert "Traceback" not in result.output
+
+
+SHORTHANDS = [
+    ("relu", "relu"),
+    ({"relu": None}, "relu"),
+    ({"maxpool": 2}, {"maxpool": {"kernel": 2, "stride": None, "padding": 0}}),
+    ({"conv": 16}, {"conv": {"out": 16, "kernel": 3, "stride": 1, "padding": 1, "bias": True}}),
+    ({"leaky_relu": 0.1}, {"leaky_relu": {"slope": 0.1}}),
+    ("leaky_relu", {"leaky_relu": {"slope": 0.01}}),
+    ({"dropout": 0.3}, {"dropout": {"p": 0.3}}),
+    ("dropout", {"dropout": {"p": 0.5}}),
+    ({"adaptive_avgpool": 2}, {"adaptive_avgpool": {"size": 2}}),
+    ({"linear": 120}, {"linear": {"out": 120, "bias": True, "in": None}}),
+    ("linear", {"linear": {"out": None, "bias": True, "in": None}}),
+    ({"residual": [{"conv": 8}, "relu"]}, {"residual": [{"conv": {"out": 8, "kernel": 3, "stride": 1, "padding": 1,
+                                                                  "bias": True}}, "relu"]}),
+]
+
+
+@pytest.mark.parametrize(("written", "resolved"), SHORTHANDS)
+def test_every_form_a_layer_takes_resolves_and_round_trips(written, resolved):
+    cfg = ModelConfig(arch="custom", layers=[written])
+    assert cfg.model_dump(mode="json")["layers"] == [resolved]
+    assert ModelConfig.model_validate(cfg.model_dump(mode="json")) == cfg  # the run's config.yaml loads back
+
+
+def test_every_kind_has_a_plan():
+    assert set(PLANS) == set(KINDS)
+
+
+HUGE_CONV = [{"conv": {"out": 1_000_000_000, "kernel": 5, "padding": 2}}, {"adaptive_avgpool": 1}, "flatten", "linear"]
+
+
+def test_a_layer_too_large_to_allocate_is_refused_with_its_size():
+    with pytest.raises(ConfigError) as info:
+        build("custom", channels=1, side=8, layers=HUGE_CONV)
+    message = str(info.value)
+    # conv 5*5*1*1e9 + 1e9 biases, then linear 1e9*10 + 10: counted before anything is allocated
+    assert "would have 36,000,000,010 parameters (134.1 GiB of float32 weights" in message
+    assert "model.layers[0] (conv) alone has 5*5*1*1,000,000,000 + 1,000,000,000 = 26,000,000,000" in message
+    assert f"limit of {MAX_ELEMENTS:,}" in message
+    wide = [{"conv": {"out": 100_000, "kernel": 1}}, {"adaptive_avgpool": 1}, "flatten", "linear"]
+    with pytest.raises(ConfigError, match=r"model.layers\[0\] \(conv\) alone outputs 100000x128x128 map = 1,638,400,000"):
+        build("custom", channels=1, side=128, layers=wide)
+    # Just under the limit a network is planned, not refused (check_layers allocates nothing).
+    assert check_layers([{"conv": {"out": 100_000_000, "kernel": 1}}], in_channels=1, image_size=(1, 1),
+                        num_classes=2) == (100_000_000, 1, 1)
 
 
 def test_custom_refuses_the_model_level_dropout():
@@ -313,3 +407,18 @@ def test_custom_refuses_the_model_level_dropout():
 def test_check_layers_returns_the_output_shape():
     assert check_layers(SMALL_CUSTOM, in_channels=1, image_size=(8, 8), num_classes=3) == (3,)
     assert check_layers([{"conv": 8}, {"maxpool": 2}], in_channels=3, image_size=(9, 9), num_classes=3) == (8, 4, 4)
+
+
+@pytest.mark.parametrize("command", ["summary", "train"])
+def test_a_layer_too_large_through_the_cli(cli, tmp_path, command):
+    path = tmp_path / "huge.yaml"
+    path.write_text("data: {dataset: digits}\ntrain: {epochs: 1}\nmodel:\n  arch: custom\n  layers:\n"
+                    "    - conv: {out: 1000000000, kernel: 5, padding: 2}\n    - adaptive_avgpool: 1\n    - flatten\n"
+                    "    - linear\n")
+    out = tmp_path / "runs"
+    result = cli(command, path, *(["--out", out] if command == "train" else []))
+    assert result.exit_code == 2, result.output
+    first = result.stderr.splitlines()[0]
+    assert "36,000,000,010 parameters" in first and "model.layers[0] (conv)" in first, first
+    assert "Traceback" not in result.output and "DefaultCPUAllocator" not in result.output
+    assert not out.exists()  # refused before a run folder was made

@@ -4,6 +4,8 @@ receptive fields of --explain, and check_input's message for a network that cann
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 import torch
@@ -11,8 +13,8 @@ from torch import nn
 
 from cnnctl.config import ModelConfig
 from cnnctl.errors import ShapeError
-from cnnctl.models.registry import create_model
-from cnnctl.models.summary import check_input, explain, format_explain, format_summary, summarize
+from cnnctl.models.registry import MODELS, create_model
+from cnnctl.models.summary import check_input, depth, explain, format_explain, format_summary, summarize
 
 
 def build(arch: str, channels: int = 3, side: int | tuple[int, int] = 32, classes: int = 10, **options) -> nn.Module:
@@ -193,3 +195,82 @@ def test_impossible_shape_through_the_cli(cli, tmp_path):
     result = cli("summary", path)
     assert result.exit_code == 2 and "model.layers[0] (conv)" in result.stderr
     assert "out = floor((8 + 2*0 - 9) / 1) + 1 = 0" in result.stderr
+
+
+def _named_depth(arch: str) -> int:
+    """The number in the network's name: lenet5 -> 5, vgg11_bn -> 11; AlexNet's "eight learned layers" (Krizhevsky
+    et al. 2012, Sec. 3). resnet1202's 1202 is checked by test_models' slow build-and-summary test."""
+    return 8 if arch == "alexnet" else int(re.search(r"\d+", arch).group())
+
+
+@pytest.mark.parametrize("arch", [a for a in MODELS.names() if a not in ("custom", "resnet1202")])
+def test_depth_is_the_number_in_the_name(arch):
+    # On the meta device: the same forward, no weights allocated (vgg's 140M).
+    side = 224 if arch.startswith(("vgg", "alexnet")) else 32
+    with torch.device("meta"):
+        model = build(arch, side=side)
+    assert depth(model, (3, side, side)) == _named_depth(arch)
+
+
+@pytest.mark.filterwarnings("ignore:The default weight initialization:FutureWarning")
+@pytest.mark.parametrize(("name", "expected"), [("googlenet", 22), ("densenet121", 121), ("inception_v3", 48)])
+def test_depth_counts_parallel_branches_once(name, expected):
+    # GoogLeNet is "22 layers deep" (Szegedy et al. 2014); DenseNet-121's concatenations and Inception's parallel
+    # towers: the longest chain, not the sum of the branches.
+    with torch.device("meta"):
+        model = build(f"torchvision.{name}", side=299)
+    assert depth(model, (3, 299, 299)) == expected
+
+
+def test_depth_of_a_custom_stack_takes_the_longer_side_of_a_residual_block():
+    layers = [{"conv": 8}, {"residual": [{"conv": 16}, "relu", {"conv": 16}]}, "flatten", "linear"]
+    model = build("custom", side=8, layers=layers)  # shortcut: one 1x1 projection; branch: two convs
+    s = summarize(model, (3, 8, 8))
+    assert s["depth"] == 4
+    assert "depth 4: weighted layers (conv, linear) on the longest path" in format_summary(s)
+
+
+def test_dropout_rows_carry_p_and_none_at_zero():
+    plain = summarize(build("lenet5", channels=1, side=28), (1, 28, 28))
+    assert not [r for r in plain["layers"] if "Dropout" in r["kind"]]
+    assert "Dropout" not in format_summary(plain)
+    dropped = summarize(build("lenet5", channels=1, side=28, dropout=0.25), (1, 28, 28))
+    rows = [r for r in dropped["layers"] if r["kind"] == "Dropout"]
+    assert [(r["name"], r["p"]) for r in rows] == [("classifier.2", 0.25), ("classifier.5", 0.25)]
+    assert "classifier.2  Dropout(p=0.25)" in format_summary(dropped)
+    custom = summarize(build("custom", side=4, layers=["flatten", {"dropout": 0.0}, {"dropout": 0.5}, "linear"]),
+                       (3, 4, 4))
+    assert [(r["name"], r["p"]) for r in custom["layers"] if "p" in r] == [("layers.2", 0.5)]
+
+
+def test_weight_sharing_sentence_in_english_for_one_kernel():
+    layers = [{"conv": {"out": 1, "kernel": 1}}, "flatten", "linear"]
+    text = format_summary(summarize(build("custom", channels=1, side=4, layers=layers), (1, 4, 4)))
+    assert "layers.0 shares 1 kernel of 1x1x1 = 1 weight (+1 bias) across all 4x4 output positions" in text
+    assert "kernels" not in text and "biases" not in text
+
+
+def test_summary_explain_dropout_and_loss_through_the_cli(cli):
+    result = cli("summary", "lenet5-digits", "--explain", "--set", "model.dropout=0.5")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "depth 5: weighted layers" in text
+    assert "multiplied by 1/(1-p) (inverted dropout), so each activation's expected value is unchanged" in text
+    assert "classifier.2: p = 0.5, the kept activations are scaled by 2" in text
+    assert "In evaluation (validation, eval, predict: model.eval()) dropout passes everything through" in text
+    assert "cross-entropy = log-softmax + negative log-likelihood" in text
+    assert "-log(1/10) = ln(10) = 2.30" in text
+
+    doc = json.loads(cli("summary", "lenet5-digits", "--explain", "--json", "--set", "train.label_smoothing=0.1").stdout)
+    assert doc["depth"] == 5
+    assert doc["training"]["dropout"] == []
+    loss = doc["training"]["loss"]
+    assert loss["name"] == "cross_entropy" and loss["classes"] == 10 and loss["label_smoothing"] == 0.1
+    assert loss["initial_loss"] == pytest.approx(math.log(10)) == pytest.approx(2.302585)
+
+
+def test_summary_says_how_deep_resnet18_is(cli):
+    result = cli("summary", "resnet18-cifar10")
+    assert result.exit_code == 0, result.output
+    assert "depth 18: weighted layers" in result.stdout and "Dropout" not in result.stdout
+    assert json.loads(cli("summary", "resnet18-cifar10", "--json").stdout)["depth"] == 18

@@ -1,11 +1,14 @@
-"""``arch: custom``: a network from the config's list of layers, shapes inferred and checked without running it.
+"""``arch: custom``: a network from the config's typed layers (:mod:`cnnctl.models.specs`, validated when the config
+loads), shapes inferred and checked, and its size checked, without running or allocating anything.
 
-Each item is a name (``relu``) or a one-key mapping (``conv: {out: 16, kernel: 3}``). Shapes are tracked as
+Shapes are tracked as
 (C, H, W) for a feature map and (F,) for a vector, so ``in_channels`` and ``in_features`` are inferred, and a
 layer that cannot take what reaches it is reported before torch runs anything, as ``model.layers[3] (conv)``
-(``model.layers[5].residual[0] (conv)`` inside a residual block), with the arithmetic.
+(``model.layers[5].residual[0] (conv)`` inside a residual block), with the arithmetic. Before any weight is allocated the parameter count and the activations per image are
+checked against :data:`MAX_ELEMENTS` and the memory available, so that a layer too large to build is named with
+its figure instead of ending in the allocator's traceback.
 
-Kinds and their arguments (kernels are square):
+Kinds and their arguments (kernels are square; the types are checked by :class:`cnnctl.models.specs.Layer`):
 
 - ``conv: {out, kernel, stride: 1, padding: 0, bias: true}``; ``conv: 16`` is ``{out: 16, kernel: 3, padding: 1}``
   (a 3x3 convolution that keeps the size)
@@ -25,15 +28,16 @@ Kinds and their arguments (kernels are square):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from cnnctl.errors import ConfigError, ShapeError
-from cnnctl.registry import closest
+from cnnctl.models.specs import Layer, as_layers
 
 Shape = tuple[int, ...]  # (C, H, W) for a feature map, (F,) for a vector
 
@@ -96,72 +100,119 @@ def _need_map(shape: Shape, where: str) -> tuple[int, int, int]:
     return c, h, w
 
 
-# ---------------------------------------------------------------- one builder per kind
+# ---------------------------------------------------------------- size limits
 
-Built = tuple[nn.Module, Shape]
+# A billion float32 numbers is 3.7 GiB: as weights that is before their gradients and the optimizer's state (Adam
+# keeps two more copies), as one image's activations before a batch of them. The largest networks cnnctl's users
+# train are far below (VGG-19: 144M parameters, 15M activations per 224x224 image).
+MAX_ELEMENTS = 1_000_000_000
 
 
-def _conv(a: dict[str, Any], shape: Shape, where: str, num_classes: int) -> Built:
+def _gib(elements: int) -> str:
+    return f"{elements * 4 / 2**30:,.1f} GiB"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says a new allocation can get (Linux' MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------- one plan per kind
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A layer whose shapes are known and whose module is not built yet: ``make()`` allocates it."""
+
+    where: str  # model.layers[3] (conv)
+    make: Callable[[], nn.Module]
+    shape: Shape  # what it gives
+    params: int  # its weights, a residual block's branch and projection included
+    formula: str  # how params is counted, for messages
+    activations: int  # numbers it outputs per image, a residual block's branch included
+
+
+def _planned(where: str, make: Callable[[], nn.Module], shape: Shape, params: int = 0, formula: str = "") -> Planned:
+    return Planned(where, make, shape, params, formula or f"{params:,}", math.prod(shape))
+
+
+def _conv(a: Any, shape: Shape, where: str, num_classes: int) -> Planned:
     c, h, w = _need_map(shape, where)
-    k, s, p = a["kernel"], a["stride"], a["padding"]
-    out = (a["out"], _out_side(h, k, s, p, where, shape), _out_side(w, k, s, p, where, shape))
-    return nn.Conv2d(c, a["out"], k, stride=s, padding=p, bias=a["bias"]), out
+    k, s, p = a.kernel, a.stride, a.padding
+    out = (a.out, _out_side(h, k, s, p, where, shape), _out_side(w, k, s, p, where, shape))
+    params = k * k * c * a.out + (a.out if a.bias else 0)
+    formula = f"{k}*{k}*{c}*{a.out:,}" + (f" + {a.out:,}" if a.bias else "")
+    return _planned(where, lambda: nn.Conv2d(c, a.out, k, stride=s, padding=p, bias=a.bias), out, params, formula)
 
 
-def _pool(cls: type[nn.Module]) -> Callable[[dict[str, Any], Shape, str, int], Built]:
-    def build(a: dict[str, Any], shape: Shape, where: str, num_classes: int) -> Built:
+def _pool(cls: type[nn.Module]) -> Callable[[Any, Shape, str, int], Planned]:
+    def plan(a: Any, shape: Shape, where: str, num_classes: int) -> Planned:
         c, h, w = _need_map(shape, where)
-        k, p = a["kernel"], a["padding"]
-        s = a["stride"] or k
-        if p > k // 2:  # torch's rule: a window must hold at least one real pixel
-            raise ConfigError(f"{where}: padding {p} must be at most half the kernel ({k // 2})")
-        return cls(k, s, p), (c, _out_side(h, k, s, p, where, shape), _out_side(w, k, s, p, where, shape))
+        k, s, p = a.kernel, a.stride or a.kernel, a.padding
+        out = (c, _out_side(h, k, s, p, where, shape), _out_side(w, k, s, p, where, shape))
+        return _planned(where, lambda: cls(k, s, p), out)
 
-    return build
+    return plan
 
 
-def _adaptive_avgpool(a: dict[str, Any], shape: Shape, where: str, num_classes: int) -> Built:
+def _adaptive_avgpool(a: Any, shape: Shape, where: str, num_classes: int) -> Planned:
     c, _, _ = _need_map(shape, where)
-    return nn.AdaptiveAvgPool2d(a["size"]), (c, a["size"], a["size"])
+    return _planned(where, lambda: nn.AdaptiveAvgPool2d(a.size), (c, a.size, a.size))
 
 
-def _batchnorm(a: dict[str, Any], shape: Shape, where: str, num_classes: int) -> Built:
-    return (nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])), shape
+def _batchnorm(a: Any, shape: Shape, where: str, num_classes: int) -> Planned:
+    norm = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+    return _planned(where, lambda: norm(shape[0]), shape, 2 * shape[0], f"2*{shape[0]:,}")
 
 
-def _flatten(a: dict[str, Any], shape: Shape, where: str, num_classes: int) -> Built:
-    return nn.Flatten(), (math.prod(shape),)
+def _flatten(a: Any, shape: Shape, where: str, num_classes: int) -> Planned:
+    return _planned(where, nn.Flatten, (math.prod(shape),))
 
 
-def _linear(a: dict[str, Any], shape: Shape, where: str, num_classes: int) -> Built:
+def _linear(a: Any, shape: Shape, where: str, num_classes: int) -> Planned:
     if len(shape) != 1:
         raise ShapeError(
             f"{where}: gets a {_show(shape)}; add `flatten` before it (or `adaptive_avgpool: 1` then `flatten`)"
         )
-    if a["in"] is not None and a["in"] != shape[0]:
+    given = getattr(a, "in")
+    if given is not None and given != shape[0]:
         raise ShapeError(
-            f"{where}: in = {a['in']} but {shape[0]} features reach it ({_show(shape)}); remove `in` (it is "
+            f"{where}: in = {given} but {shape[0]} features reach it ({_show(shape)}); remove `in` (it is "
             f"inferred) or set it to {shape[0]}"
         )
-    out = a["out"] if a["out"] is not None else num_classes
-    return nn.Linear(shape[0], out, bias=a["bias"]), (out,)
+    n_in, out = shape[0], a.out if a.out is not None else num_classes
+    params = n_in * out + (out if a.bias else 0)
+    formula = f"{n_in:,}*{out:,}" + (f" + {out:,}" if a.bias else "")
+    return _planned(where, lambda: nn.Linear(n_in, out, bias=a.bias), (out,), params, formula)
 
 
-def _simple(make: Callable[[dict[str, Any]], nn.Module]) -> Callable[[dict[str, Any], Shape, str, int], Built]:
-    def build(a: dict[str, Any], shape: Shape, where: str, num_classes: int) -> Built:
-        return make(a), shape
+def _same(make: Callable[[Any], nn.Module]) -> Callable[[Any, Shape, str, int], Planned]:
+    def plan(a: Any, shape: Shape, where: str, num_classes: int) -> Planned:
+        return _planned(where, lambda: make(a), shape)
 
-    return build
+    return plan
 
 
-def _residual(raw: Any, shape: Shape, where: str, num_classes: int) -> Built:
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError(
-            f"{where}: residual takes a non-empty list of layers (its branch), e.g. residual: [{{conv: 16}}, relu]"
-        )
-    modules, out = build_layers(raw, shape, num_classes, f"{where.removesuffix(' (residual)')}.residual")
+def _residual(branch: list[Layer], shape: Shape, where: str, num_classes: int) -> Planned:
+    steps, out = plan_layers(branch, shape, num_classes, f"{where.removesuffix(' (residual)')}.residual")
+    params = sum(step.params for step in steps)
+    activations = sum(step.activations for step in steps) + math.prod(out)
+
+    def make_branch() -> nn.Sequential:
+        return nn.Sequential(*(step.make() for step in steps))
+
     if out == shape:
-        return Residual(nn.Sequential(*modules)), out
+        return Planned(where, lambda: Residual(make_branch()), out, params, f"{params:,}", activations)
     if len(shape) != 3 or len(out) != 3:
         raise ShapeError(
             f"{where}: its branch turns the {_show(shape)} into {_show(out)}; a shortcut can only add maps to maps: "
@@ -175,154 +226,97 @@ def _residual(raw: Any, shape: Shape, where: str, num_classes: int) -> Built:
             "match (it can change the channels and shrink the map by a whole stride); keep the spatial size "
             "(padding = kernel // 2) or halve it with stride 2"
         )
-    shortcut = nn.Sequential(nn.Conv2d(shape[0], out[0], 1, stride=stride, bias=False), nn.BatchNorm2d(out[0]))
-    return Residual(nn.Sequential(*modules), shortcut), out
+
+    def make() -> Residual:
+        projection = nn.Sequential(nn.Conv2d(shape[0], out[0], 1, stride=stride, bias=False), nn.BatchNorm2d(out[0]))
+        return Residual(make_branch(), projection)
+
+    params += shape[0] * out[0] + 2 * out[0]
+    return Planned(where, make, out, params, f"{params:,}", activations + 2 * math.prod(out))
 
 
-@dataclass(frozen=True)
-class Kind:
-    """A layer kind: its builder, the names of its arguments, the one a bare number sets, and the defaults."""
-
-    build: Callable[[Any, Shape, str, int], Built]
-    args: tuple[str, ...] = ()
-    shorthand: str | None = None
-    defaults: dict[str, Any] = field(default_factory=dict)
-    required: tuple[str, ...] = ()
-
-
-_POOL_ARGS = {
-    "args": ("kernel", "stride", "padding"),
-    "shorthand": "kernel",
-    "defaults": {"stride": None, "padding": 0},
-}
-KINDS: dict[str, Kind] = {
-    "conv": Kind(
-        _conv,
-        ("out", "kernel", "stride", "padding", "bias"),
-        "out",
-        {"stride": 1, "padding": 0, "bias": True},
-        required=("out", "kernel"),
-    ),
-    "batchnorm": Kind(_batchnorm),
-    "relu": Kind(_simple(lambda a: nn.ReLU())),
-    "leaky_relu": Kind(_simple(lambda a: nn.LeakyReLU(a["slope"])), ("slope",), "slope", {"slope": 0.01}),
-    "tanh": Kind(_simple(lambda a: nn.Tanh())),
-    "sigmoid": Kind(_simple(lambda a: nn.Sigmoid())),
-    "gelu": Kind(_simple(lambda a: nn.GELU())),
-    "identity": Kind(_simple(lambda a: nn.Identity())),
-    "maxpool": Kind(_pool(nn.MaxPool2d), **_POOL_ARGS, required=("kernel",)),
-    "avgpool": Kind(_pool(nn.AvgPool2d), **_POOL_ARGS, required=("kernel",)),
-    "sumpool": Kind(_pool(SumPool2d), **_POOL_ARGS, required=("kernel",)),
-    "adaptive_avgpool": Kind(_adaptive_avgpool, ("size",), "size", {"size": 1}),
-    "dropout": Kind(_simple(lambda a: nn.Dropout(a["p"])), ("p",), "p", {"p": 0.5}),
-    "flatten": Kind(_flatten),
-    "linear": Kind(_linear, ("out", "in", "bias"), "out", {"out": None, "in": None, "bias": True}),
-    "residual": Kind(_residual),
+PLANS: dict[str, Callable[[Any, Shape, str, int], Planned]] = {
+    "conv": _conv,
+    "batchnorm": _batchnorm,
+    "relu": _same(lambda a: nn.ReLU()),
+    "leaky_relu": _same(lambda a: nn.LeakyReLU(a.slope)),
+    "tanh": _same(lambda a: nn.Tanh()),
+    "sigmoid": _same(lambda a: nn.Sigmoid()),
+    "gelu": _same(lambda a: nn.GELU()),
+    "identity": _same(lambda a: nn.Identity()),
+    "maxpool": _pool(nn.MaxPool2d),
+    "avgpool": _pool(nn.AvgPool2d),
+    "sumpool": _pool(SumPool2d),
+    "adaptive_avgpool": _adaptive_avgpool,
+    "dropout": _same(lambda a: nn.Dropout(a.p)),
+    "flatten": _flatten,
+    "linear": _linear,
+    "residual": _residual,
 }
 
-# Argument types: integers with their minimum, booleans, numbers with their range.
-_INTS = {"out": 1, "kernel": 1, "stride": 1, "padding": 0, "in": 1, "size": 1}
-_BOOLS = ("bias",)
+
+def plan_layers(
+    layers: Sequence[Layer | Any], shape: Shape, num_classes: int, prefix: str
+) -> tuple[list[Planned], Shape]:
+    """The layers planned from ``shape`` (nothing allocated), and the shape they give; errors name ``prefix[i] (kind)``."""
+    steps: list[Planned] = []
+    for i, layer in enumerate(as_layers(list(layers))):
+        step = PLANS[layer.kind](layer.args, shape, f"{prefix}[{i}] ({layer.kind})", num_classes)
+        steps.append(step)
+        shape = step.shape
+    return steps, shape
 
 
-# ---------------------------------------------------------------- parsing
+def _check_size(steps: list[Planned]) -> None:
+    """Refuse a network too large to allocate, naming its largest layer, before a single weight exists."""
+    params = sum(step.params for step in steps)
+    activations = sum(step.activations for step in steps)
+    memory = available_memory()
+    if params > MAX_ELEMENTS or (memory is not None and params * 4 > memory):
+        big = max(steps, key=lambda step: step.params)
+        limit = f"cnnctl's limit of {MAX_ELEMENTS:,} ({_gib(MAX_ELEMENTS)})"
+        if params <= MAX_ELEMENTS and memory is not None:
+            limit = f"the {memory / 2**30:,.1f} GiB of memory available"
+        raise ConfigError(
+            f"model.layers: the network would have {params:,} parameters ({_gib(params)} of float32 weights, before "
+            f"gradients and optimizer state), over {limit}; {big.where} alone has {big.formula} = {big.params:,}. "
+            "Use fewer channels (conv out) or smaller linear layers (pool or stride before flatten)"
+        )
+    if activations > MAX_ELEMENTS:
+        big = max(steps, key=lambda step: step.activations)
+        raise ConfigError(
+            f"model.layers: one image would make {activations:,} activations ({_gib(activations)} of float32), over "
+            f"cnnctl's limit of {MAX_ELEMENTS:,}; {big.where} alone outputs {_show(big.shape)} = {big.activations:,}. "
+            "Use fewer channels, a smaller data.image_size, or pool or stride earlier"
+        )
 
 
-def _parse(item: Any, where: str) -> tuple[str, Any]:
-    if isinstance(item, str):
-        return item, None
-    if isinstance(item, dict) and len(item) == 1:
-        [(kind, raw)] = item.items()
-        return str(kind), raw
-    raise ConfigError(
-        f"{where}: a layer is a name (e.g. relu) or a one-key mapping (e.g. conv: {{out: 8, kernel: 3}}), not {item!r}"
-    )
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _args(kind: str, spec: Kind, raw: Any, where: str) -> dict[str, Any]:
-    """The layer's arguments with defaults filled in, each checked for its type and range."""
-    if raw is None:
-        given: dict[str, Any] = {}
-    elif isinstance(raw, dict):
-        given = dict(raw)
-        for key in given:
-            if key not in spec.args:
-                hint = closest(str(key), spec.args)
-                raise ConfigError(
-                    f"{where}: {kind} has no argument {key!r}"
-                    + (f"; did you mean {hint!r}?" if hint else "")
-                    + f" Valid: {', '.join(spec.args) or 'none, it takes no arguments'}"
-                )
-    elif spec.shorthand is not None and _is_number(raw):
-        given = {spec.shorthand: raw}
-        if kind == "conv":  # `conv: 16`: the common 3x3 convolution that keeps the size
-            given.update(kernel=3, padding=1)
-    else:
-        takes = f"a number ({spec.shorthand}) or a mapping of {', '.join(spec.args)}" if spec.args else "no arguments"
-        raise ConfigError(f"{where}: {kind} takes {takes}, not {raw!r}")
-    args = {**spec.defaults, **given}
-    for key in spec.required:
-        if args.get(key) is None:
-            example = "conv: {out: 16, kernel: 3}" if kind == "conv" else f"{kind}: {{kernel: 2}}"
-            raise ConfigError(f"{where}: {kind} needs {key}, e.g. {example}")
-    for key, value in args.items():
-        if value is None:
-            continue
-        if key in _INTS and (not isinstance(value, int) or isinstance(value, bool) or value < _INTS[key]):
-            raise ConfigError(f"{where}: {kind} {key} must be an integer >= {_INTS[key]}, not {value!r}")
-        if key in _BOOLS and not isinstance(value, bool):
-            raise ConfigError(f"{where}: {kind} {key} must be true or false, not {value!r}")
-    if kind == "dropout" and not (_is_number(args["p"]) and 0 <= args["p"] < 1):
-        raise ConfigError(f"{where}: dropout p must be a number in [0, 1), not {args['p']!r}")
-    if kind == "leaky_relu" and not _is_number(args["slope"]):
-        raise ConfigError(f"{where}: leaky_relu slope must be a number, not {args['slope']!r}")
-    return args
-
-
-def build_layers(specs: list[Any], shape: Shape, num_classes: int, prefix: str) -> tuple[list[nn.Module], Shape]:
-    """Modules for ``specs`` starting from ``shape``, and the shape they produce; errors name ``prefix[i] (kind)``."""
-    modules: list[nn.Module] = []
-    for i, item in enumerate(specs):
-        kind, raw = _parse(item, f"{prefix}[{i}]")
-        spec = KINDS.get(kind)
-        if spec is None:
-            hint = closest(kind, KINDS)
-            raise ConfigError(
-                f"{prefix}[{i}]: unknown layer kind {kind!r}"
-                + (f"; did you mean {hint!r}?" if hint else "")
-                + f" Known: {', '.join(KINDS)}"
-            )
-        where = f"{prefix}[{i}] ({kind})"
-        args = raw if kind == "residual" else _args(kind, spec, raw, where)
-        module, shape = spec.build(args, shape, where, num_classes)
-        modules.append(module)
-    return modules, shape
-
-
-def check_layers(layers: list[Any], *, in_channels: int, image_size: tuple[int, int], num_classes: int) -> Shape:
+def check_layers(layers: Sequence[Layer | Any], *, in_channels: int, image_size: tuple[int, int], num_classes: int) -> Shape:
     """Validate a layer list statically; returns the output shape (raises ConfigError or ShapeError)."""
-    _, shape = build_layers(layers, (in_channels, *image_size), num_classes, "model.layers")
+    _, shape = plan_layers(layers, (in_channels, *image_size), num_classes, "model.layers")
     return shape
 
 
 def custom(
-    *, num_classes: int, in_channels: int, image_size: tuple[int, int], layers: list[Any], dropout: float = 0.0
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: tuple[int, int],
+    layers: Sequence[Layer | Any],
+    dropout: float = 0.0,
 ) -> Custom:
     """A network from the config's ``layers`` for ``in_channels`` x ``image_size`` inputs and ``num_classes``
     outputs. The model-level ``dropout`` is refused: dropout goes where the list puts a ``dropout`` layer."""
     if dropout:
         raise ConfigError("model.dropout: arch custom places dropout as layers; add `- dropout: 0.3` where you want it")
-    if not isinstance(layers, list) or not layers:
+    if not layers:
         raise ConfigError("model.layers: arch custom needs a non-empty list of layers")
-    modules, shape = build_layers(layers, (in_channels, *image_size), num_classes, "model.layers")
+    steps, shape = plan_layers(layers, (in_channels, *image_size), num_classes, "model.layers")
     if shape != (num_classes,):
         raise ShapeError(
             f"model.layers: the last layer gives {'a ' if len(shape) == 3 else ''}{_show(shape)}, but the network "
             f"must end with {num_classes} class scores; end with `flatten` and `linear` (a linear without out gives "
             "one output per class)"
         )
-    return Custom(nn.Sequential(*modules))
+    _check_size(steps)
+    return Custom(nn.Sequential(*(step.make() for step in steps)))

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 _VGG = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
 _RESNET = [f"resnet{d}" for d in (18, 34, 50, 101, 152, 200)]
-_CIFAR_RESNET = [f"resnet{d}" for d in (20, 32, 44, 56, 110)]
+_CIFAR_RESNET = [f"resnet{d}" for d in (20, 32, 44, 56, 110, 1202)]
 
 MODELS = Registry(
     "model",

@@ -218,3 +218,5 @@ resnet152 = _imagenet_family(Bottleneck, [3, 8, 36, 3], 152)
 resnet200 = _imagenet_family(Bottleneck, [3, 24, 36, 3], 200)
 resnet20, resnet32, resnet44 = _cifar_family(20), _cifar_family(32), _cifar_family(44)
 resnet56, resnet110 = _cifar_family(56), _cifar_family(110)
+# He et al. 2016's "over 1000 layers" experiment (Sec. 4.2, Table 6: 19.4M parameters, n = 200 blocks a stage).
+resnet1202 = _cifar_family(1202)

@@ -1,5 +1,9 @@
-"""What a network is: per-layer output shapes, parameters and multiply-adds, the arithmetic behind each size,
-the receptive field, and whether the network can take its input at all.
+"""What a network is: per-layer output shapes, parameters and multiply-adds, its depth, the arithmetic behind
+each size, the receptive field, and whether the network can take its input at all.
+
+Depth is the number of weighted layers (convolutions and fully-connected layers) on the longest path from the
+input to the output: the number in "ResNet-18" or "VGG-11" (batch norm, pooling and activations are not counted,
+nor the 1x1 projections on a ResNet's shortcuts, which lie on a shorter path).
 
 Multiply-adds (MACs) count convolutions and linear layers only: ``k_h*k_w*c_in/groups*c_out*H_out*W_out`` and
 ``in*out`` per position. Batch norm, pooling, activations and the residual additions count 0, the convention of
@@ -9,11 +13,14 @@ torchvision's model tables ("GFLOPS" there are these multiply-adds: ResNet-18 at
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from cnnctl.errors import ShapeError
 
@@ -50,8 +57,9 @@ def _pair(v: Any) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _run_hooked(model: nn.Module, input_shape: tuple[int, ...], hook: Hook) -> None:
-    """One zero image through ``model`` in eval mode, ``hook(name, module, args, output)`` after each leaf."""
+def _run_hooked(model: nn.Module, input_shape: tuple[int, ...], hook: Hook) -> Any:
+    """One zero image through ``model`` in eval mode, ``hook(name, module, args, output)`` after each leaf; returns
+    the model's output."""
     handles = [
         m.register_forward_hook(lambda m, args, out, name=name: hook(name, m, args, out)) for name, m in _leaves(model)
     ]
@@ -59,11 +67,60 @@ def _run_hooked(model: nn.Module, input_shape: tuple[int, ...], hook: Hook) -> N
     model.eval()
     try:
         with torch.inference_mode():
-            model(torch.zeros(1, *input_shape, device=_device(model)))
+            return model(torch.zeros(1, *input_shape, device=_device(model)))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+
+
+# ---------------------------------------------------------------- depth
+
+WEIGHTED = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.linear,
+            F.bilinear}
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+
+
+class LongestPath(TorchFunctionMode):
+    """While active, every tensor made by a torch function carries the number of weighted ops (conv, linear) on
+    the longest chain of ops that produced it: one more than its deepest input for a weighted op, else equal.
+
+    It follows the data, not module names, so a residual addition takes the longer of its branch and shortcut, and
+    parallel branches (Inception's) count once. Entries leave with their tensors (weakref) so ids are not reused.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depths: dict[int, int] = {}
+
+    def depth(self, value: Any) -> int:
+        return max((self.depths.get(id(t), 0) for t in _tensors(value)), default=0)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        depth = max(self.depth(args), self.depth(kwargs)) + (func in WEIGHTED)
+        for tensor in _tensors(out):
+            if id(tensor) not in self.depths:
+                weakref.finalize(tensor, self.depths.pop, id(tensor), None)
+            self.depths[id(tensor)] = depth
+        return out
+
+
+def depth(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Weighted layers (conv, linear) on the longest path from the input to the output, from one zero image."""
+    with LongestPath() as path:
+        return path.depth(_run_hooked(model, input_shape, lambda *_: None))
 
 
 # ---------------------------------------------------------------- summary
@@ -95,9 +152,10 @@ def _weight_sharing(name: str, conv: nn.Conv2d, x: torch.Tensor, out: torch.Tens
 
 
 def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """One row per call of a leaf layer (``name``, ``kind``, ``output_shape``, ``params``, ``macs``) and the totals
-    (``params``, ``trainable_params``, ``macs`` per image, ``size_mb`` of float32 weights), from a forward pass of
-    one zero image. A layer called twice (a ResNet block's ``relu``) has two rows, its parameters on the first.
+    """One row per call of a leaf layer (``name``, ``kind``, ``output_shape``, ``params``, ``macs``; ``p`` for
+    dropout) and the totals (``depth``, ``params``, ``trainable_params``, ``macs`` per image, ``size_mb`` of float32
+    weights), from a forward pass of one zero image. A layer called twice (a ResNet block's ``relu``) has two rows,
+    its parameters on the first. Dropout at p = 0 does nothing and has no row.
 
     ``weight_sharing`` compares the first convolution with a fully-connected layer making the same output from the
     same input; ``unlisted_params`` are those in no row (a layer the forward pass never calls, or a parameter held
@@ -110,19 +168,24 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     def hook(name: str, m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         if not isinstance(out, torch.Tensor):
             return
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p == 0:
+            return  # kept by the zoo's builders so that layer indexes (state_dict keys) do not move; it does nothing
         params = 0 if id(m) in seen else sum(p.numel() for p in m.parameters())
         seen.add(id(m))
         shape = list(out.shape[1:])
-        rows.append(
-            {"name": name, "kind": type(m).__name__, "output_shape": shape, "params": params, "macs": _macs(m, out)}
-        )
+        row = {"name": name, "kind": type(m).__name__, "output_shape": shape, "params": params, "macs": _macs(m, out)}
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            row["p"] = m.p
+        rows.append(row)
         if isinstance(m, nn.Conv2d) and not sharing and args and isinstance(args[0], torch.Tensor):
             sharing.update(_weight_sharing(name, m, args[0], out))
 
-    _run_hooked(model, input_shape, hook)
+    with LongestPath() as path:
+        longest = path.depth(_run_hooked(model, input_shape, hook))
     params = sum(p.numel() for p in model.parameters())
     return {
         "input_shape": list(input_shape),
+        "depth": longest,
         "params": params,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "macs": sum(r["macs"] for r in rows),
@@ -131,6 +194,11 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
         "layers": rows,
         "weight_sharing": sharing or None,
     }
+
+
+def plural(n: int, singular: str, many: str | None = None) -> str:
+    """``1 kernel``, ``6 kernels``, ``1 bias``, ``0 biases``."""
+    return f"{n:,} {singular if n == 1 else (many or singular + 's')}"
 
 
 def weight_sharing_sentence(sharing: dict[str, Any], input_shape: list[int]) -> str:
@@ -142,24 +210,26 @@ def weight_sharing_sentence(sharing: dict[str, Any], input_shape: list[int]) -> 
     ratio = sharing["dense_weights"] / max(sharing["shared_weights"], 1)
     return (
         f"Weight sharing: a fully-connected layer from {source} {_shape(sharing['input_shape'])} input to {name}'s "
-        f"{_shape(out)} output would need {n_in}*{n_out} = {sharing['dense_weights']:,} weights; {name} shares "
-        f"{sharing['kernels']} kernels of {_shape(sharing['kernel_shape'])} = {sharing['shared_weights']:,} weights "
-        f"(+{sharing['biases']} biases) across all {positions}, {ratio:,.0f} times fewer."
+        f"{_shape(out)} output would need {n_in}*{n_out} = {plural(sharing['dense_weights'], 'weight')}; {name} "
+        f"shares {plural(sharing['kernels'], 'kernel')} of {_shape(sharing['kernel_shape'])} = "
+        f"{plural(sharing['shared_weights'], 'weight')} (+{plural(sharing['biases'], 'bias', 'biases')}) across all "
+        f"{positions}, {ratio:,.0f} times fewer."
     )
 
 
 def format_summary(summary: dict[str, Any], *, title: str = "") -> str:
     """:func:`summarize`'s result as a table, its totals and the weight-sharing comparison."""
     rows = summary["layers"]
+    kinds = [f"{r['kind']}(p={r['p']:g})" if "p" in r else r["kind"] for r in rows]
     w_name = max([5, *(len(r["name"]) for r in rows)])
-    w_kind = max([4, *(len(r["kind"]) for r in rows)])
+    w_kind = max([4, *map(len, kinds)])
     w_out = max([6, *(len(_shape(r["output_shape"])) for r in rows)])
     header = f"{'layer':<{w_name}}  {'kind':<{w_kind}}  {'output':>{w_out}}  {'params':>12}  {'mult-adds':>15}"
     lines = [title] if title else []
     lines += [header, "-" * len(header)]
-    for r in rows:
+    for r, kind in zip(rows, kinds, strict=True):
         lines.append(
-            f"{r['name']:<{w_name}}  {r['kind']:<{w_kind}}  {_shape(r['output_shape']):>{w_out}}  "
+            f"{r['name']:<{w_name}}  {kind:<{w_kind}}  {_shape(r['output_shape']):>{w_out}}  "
             f"{r['params']:>12,}  {r['macs']:>15,}"
         )
     lines.append("-" * len(header))
@@ -168,6 +238,11 @@ def format_summary(summary: dict[str, Any], *, title: str = "") -> str:
         f"({summary['trainable_params']:,} trainable), {summary['macs']:,} multiply-adds per image "
         f"({_human(summary['macs'])}), {summary['size_mb']:.2f} MB of float32 weights"
     )
+    if "depth" in summary:
+        lines.append(
+            f"depth {summary['depth']}: weighted layers (conv, linear) on the longest path from input to output, "
+            "the number in a name like ResNet-18"
+        )
     if summary.get("unlisted_params"):
         lines.append(f"({summary['unlisted_params']:,} parameters sit outside the layers listed, e.g. unused heads)")
     if summary.get("weight_sharing"):
@@ -414,5 +489,55 @@ def network_summary(cfg: Any, *, explain_layers: bool = False) -> tuple[dict[str
     text = format_summary(result, title=title)
     if explain_layers:
         result["explain"] = explain(model, shape)
-        text += "\n\n" + format_explain(result["explain"])
+        result["training"] = training_notes(result["layers"], classes, cfg.train.label_smoothing)
+        text += "\n\n" + format_explain(result["explain"]) + "\n\n" + format_training_notes(result["training"])
     return result, text
+
+
+def training_notes(rows: list[dict[str, Any]], classes: int, label_smoothing: float = 0.0) -> dict[str, Any]:
+    """What training does beyond the layers: the dropout layers (p and the 1/(1-p) scale of the survivors) and the
+    loss, cross-entropy, with the value an untrained network starts at: ln(classes)."""
+    return {
+        "dropout": [{"layer": r["name"], "p": r["p"], "scale": 1 / (1 - r["p"])} for r in rows if "p" in r],
+        "loss": {
+            "name": "cross_entropy",
+            "formula": "loss = -log softmax(z)[y] = -z_y + log(sum_j exp(z_j))",
+            "classes": classes,
+            "initial_loss": math.log(classes),
+            "label_smoothing": label_smoothing,
+        },
+    }
+
+
+def format_training_notes(notes: dict[str, Any]) -> str:
+    """:func:`training_notes` as sentences for a learner."""
+    lines = []
+    if notes["dropout"]:
+        lines.append(
+            "Dropout, in training only: each activation is zeroed with probability p and the ones kept are multiplied "
+            "by 1/(1-p) (inverted dropout), so each activation's expected value is unchanged: (1-p) * x/(1-p) = x. "
+            "In evaluation (validation, eval, predict: model.eval()) dropout passes everything through, unscaled, "
+            "so nothing needs rescaling at test time."
+        )
+        for d in notes["dropout"]:
+            lines.append(f"    {d['layer']}: p = {d['p']:g}, the kept activations are scaled by {d['scale']:.4g}")
+    else:
+        lines.append("Dropout: none in this network (or p = 0), so training and evaluation compute the same layers.")
+    loss = notes["loss"]
+    c = loss["classes"]
+    lines += [
+        "",
+        "Loss: cross-entropy = log-softmax + negative log-likelihood. For the logits z and the true class y, "
+        f"{loss['formula']} (torch's nn.CrossEntropyLoss, averaged over the batch).",
+        f"An untrained network gives nearly equal logits, so softmax is about 1/{c} for every class and the first "
+        f"loss is about -log(1/{c}) = ln({c}) = {loss['initial_loss']:.2f}; a first loss far above it means large "
+        "initial logits (a bad initialisation or unnormalised inputs).",
+    ]
+    if loss["label_smoothing"]:
+        eps = loss["label_smoothing"]
+        lines.append(
+            f"With train.label_smoothing {eps:g} the target puts {1 - eps + eps / c:.4g} on the true class and "
+            f"{eps / c:.3g} on each other one; the untrained loss is still ln({c}), but even a perfect network's "
+            "loss stays above 0."
+        )
+    return "\n".join(lines)

@@ -381,17 +381,17 @@ def plot_gradients(rows: Sequence[dict[str, Any]], path: str | Path, *, title: s
 def plot_activations(stats_by_epoch: dict[int, list[dict[str, Any]]], path: str | Path, *, title: str = "") -> Path:
     """``activations.png``: per activation layer, the fraction of dead units (rectifiers) and of saturated
     outputs (sigmoid/tanh), one line per epoch; ``stats_by_epoch`` maps an epoch to ``activation_stats`` rows."""
-    fig, (ax_d, ax_s) = _figure((12.0, 4.5), 2)
-    for ax, key, label in ((ax_d, "dead_fraction", "dead units (never positive)"),
-                           (ax_s, "saturated_fraction", f"saturated outputs (within {SATURATION_TOL} of a bound)")):
+    panels = [(key, label) for key, label in (("dead_fraction", "dead units (never positive)"),
+                                              ("saturated_fraction", f"saturated outputs (within {SATURATION_TOL} of a bound)"))
+              if any(r[key] is not None for rows in stats_by_epoch.values() for r in rows)]
+    fig, axes = _figure((6.5 * max(len(panels), 1), 4.5), max(len(panels), 1))
+    if not panels:
+        axes[0].text(0.5, 0.5, "no activation layers", ha="center", va="center", transform=axes[0].transAxes)
+    for ax, (key, label) in zip(axes, panels, strict=False):
         layers = list(dict.fromkeys(r["layer"] for rows in stats_by_epoch.values() for r in rows if r[key] is not None))
         by_epoch = {e: {r["layer"]: r[key] for r in rows if r[key] is not None} for e, rows in stats_by_epoch.items()}
-        if layers:
-            _epoch_lines(ax, fig, layers, by_epoch, log=False)
-            ax.set_ylim(-0.02, 1.02)
-        else:
-            ax.text(0.5, 0.5, "no layers of this kind", ha="center", va="center", transform=ax.transAxes)
-            ax.set_xticks([])
+        _epoch_lines(ax, fig, layers, by_epoch, log=False)
+        ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(label)
         ax.set_xlabel("activation layer (input -> output)")
     fig.suptitle(title or "activations over the validation split")

@@ -235,6 +235,32 @@ def read_gradients(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def gradient_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """For summary.json: the last epoch's gradient norm of the first and last layer and their ratio (the
+    vanishing-gradient figure: orders of magnitude below 1 when the gradient fades toward the input)."""
+    if not rows:
+        return None
+    last_epoch = max(r["epoch"] for r in rows)
+    layers = [r for r in rows if r["epoch"] == last_epoch and r["grad_norm"] is not None]
+    if not layers:
+        return None
+    first, last = layers[0], layers[-1]
+    ratio = first["grad_norm"] / last["grad_norm"] if last["grad_norm"] else None
+    return {"epoch": last_epoch, "first_layer": first["layer"], "last_layer": last["layer"],
+            "first_grad_norm": first["grad_norm"], "last_grad_norm": last["grad_norm"], "first_over_last": ratio}
+
+
+def tensorboard_scalars(gradient_rows: Sequence[dict[str, Any]] = (),
+                        activation_rows: Sequence[dict[str, Any]] = ()) -> list[tuple[str, float]]:
+    """``(tag, value)`` pairs for one epoch's ``writer.add_scalar(tag, value, epoch)``: ``grad_norm/LAYER``,
+    ``update_ratio/LAYER``, ``dead_fraction/LAYER``, ``saturated_fraction/LAYER`` (None values left out)."""
+    pairs = [(f"{key}/{r['layer']}", float(r[key])) for r in gradient_rows for key in ("grad_norm", "update_ratio")
+             if r.get(key) is not None]
+    pairs += [(f"{key}/{r['layer']}", float(r[key])) for r in activation_rows
+              for key in ("dead_fraction", "saturated_fraction") if r.get(key) is not None]
+    return pairs
+
+
 # ---------------------------------------------------------------- activations
 
 

@@ -11,10 +11,12 @@ from torch import nn
 from cnnctl.recorders import (
     GradientRecorder,
     activation_stats,
+    gradient_summary,
     layers_with_params,
     plot_activations,
     plot_gradients,
     read_gradients,
+    tensorboard_scalars,
 )
 
 
@@ -217,3 +219,16 @@ def test_plots_leave_pyplot_alone(tmp_path):
     plot_activations({1: [{"layer": "s", "dead_fraction": None, "saturated_fraction": 0.5}]}, tmp_path / "a.png")
     assert matplotlib.get_backend() == backend
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_and_tensorboard_figures_come_from_the_rows():
+    rows = [{"epoch": 1, "layer": "a", "grad_norm": 1.0, "update_ratio": 0.1, "weight_norm": 1.0, "steps_sampled": 1},
+            {"epoch": 2, "layer": "a", "grad_norm": 1e-6, "update_ratio": None, "weight_norm": 1.0, "steps_sampled": 1},
+            {"epoch": 2, "layer": "b", "grad_norm": 1e-2, "update_ratio": 1e-3, "weight_norm": 1.0, "steps_sampled": 1}]
+    summary = gradient_summary(rows)
+    assert summary["epoch"] == 2 and summary["first_layer"] == "a" and summary["last_layer"] == "b"
+    assert summary["first_over_last"] == pytest.approx(1e-4)
+    assert gradient_summary([]) is None
+    acts = [{"layer": "r", "dead_fraction": 0.25, "saturated_fraction": None}]
+    assert tensorboard_scalars(rows[1:], acts) == [("grad_norm/a", 1e-6), ("grad_norm/b", 1e-2),
+                                                   ("update_ratio/b", 1e-3), ("dead_fraction/r", 0.25)]

@@ -204,7 +204,7 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], r
             mark = " (suggested)" if key == SUGGESTION_RULE else ""
             ax.axvline(lr, color=color, linestyle="--", linewidth=1.0, label=f"{key}: {lr:.2g}{mark}")
     ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.25)
+    ax.grid(True, which="major", alpha=0.3)
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
 

@@ -113,8 +113,9 @@ class GradientRecorder:
         self._owner = owner
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self._index_cache: dict[tuple[bool, ...], torch.Tensor] = {}
+        self._mask_cache: dict[tuple[bool, ...], torch.Tensor] = {}
         self._before: list[torch.Tensor] | None = None
-        self._present: list[bool] | None = None
+        self._counted: torch.Tensor | None = None  # layers this sampled step counts for (on the device)
         self.rows: list[dict[str, Any]] = []
         self._reset()
 
@@ -139,8 +140,12 @@ class GradientRecorder:
                 grad_norm = self._by_layer(squares, tuple(has)).sqrt()
             else:
                 grad_norm = torch.zeros(len(self.layer_names), device=self.device)
-            self._sums[0] += grad_norm
-            self._present = layer_has
+            # A layer without gradient this step, or with a non-finite one (a step GradScaler skips), is left out
+            # of the means; decided on the device, so no sync.
+            counted = self._mask(tuple(layer_has)) & torch.isfinite(grad_norm)
+            self._sums[0] += torch.where(counted, grad_norm, torch.zeros_like(grad_norm))
+            self._sums[3] += counted.float()
+            self._counted = counted
             self._before = [p.detach().clone() for p in self.params]
 
     def after_optimizer_step(self, step: int) -> None:
@@ -153,16 +158,19 @@ class GradientRecorder:
             everything = (True,) * len(self.params)
             moved = self._by_layer(torch.stack(torch._foreach_norm(delta)).float().square(), everything).sqrt()
             weight = self._by_layer(torch.stack(torch._foreach_norm(self._before)).float().square(), everything).sqrt()
-            present = torch.tensor(self._present, device=self.device)
             # A layer whose weights are all zero has no ratio to speak of: count 0 for it, not inf.
             ratio = torch.where(weight > 0, moved / weight.clamp_min(torch.finfo(torch.float32).tiny),
                                 torch.zeros_like(weight))
-            self._sums[1] += torch.where(present, ratio, torch.zeros_like(ratio))
-            self._sums[2] += torch.where(present, weight, torch.zeros_like(weight))
-        for i, p in enumerate(self._present or []):
-            self._counts[i] += int(p)
+            self._sums[1] += torch.where(self._counted, ratio, torch.zeros_like(ratio))
+            self._sums[2] += torch.where(self._counted, weight, torch.zeros_like(weight))
         self._before = None
-        self._present = None
+        self._counted = None
+
+    def _mask(self, layer_has: tuple[bool, ...]) -> torch.Tensor:
+        mask = self._mask_cache.get(layer_has)
+        if mask is None:
+            mask = self._mask_cache[layer_has] = torch.tensor(layer_has, device=self.device)
+        return mask
 
     def _by_layer(self, per_param: torch.Tensor, has: tuple[bool, ...]) -> torch.Tensor:
         index = self._index_cache.get(has)
@@ -181,7 +189,7 @@ class GradientRecorder:
         sums = self._sums.cpu().tolist()  # the one host sync of the epoch
         rows = []
         for i, name in enumerate(self.layer_names):
-            n = self._counts[i]
+            n = int(sums[3][i])
             rows.append({"epoch": epoch, "layer": name,
                          "grad_norm": sums[0][i] / n if n else None,
                          "update_ratio": sums[1][i] / n if n else None,
@@ -192,22 +200,21 @@ class GradientRecorder:
         return rows
 
     def _reset(self) -> None:
-        self._sums = torch.zeros(3, len(self.layer_names), device=self.device)
-        self._counts = [0] * len(self.layer_names)
+        # rows: sums of grad_norm, update_ratio, weight_norm over the counted steps, and their count
+        self._sums = torch.zeros(4, len(self.layer_names), device=self.device)
 
     # ------------------------------------------------------------ state and output
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch's partial sums (as saved, so a resumed epoch ends with the same figures) and past rows."""
         return {"every_n_steps": self.every_n_steps, "layers": list(self.layer_names), "sums": self._sums.cpu(),
-                "counts": list(self._counts), "rows": [dict(r) for r in self.rows]}
+                "rows": [dict(r) for r in self.rows]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["layers"]) != self.layer_names:
             raise ValueError(f"the saved gradient record has layers {state['layers']}, this model "
                              f"{self.layer_names}; it belongs to another model")
         self._sums = state["sums"].to(self.device, torch.float32).clone()
-        self._counts = [int(c) for c in state["counts"]]
         self.rows = [dict(r) for r in state.get("rows", [])]
 
     def write_csv(self, path: str | Path) -> Path:

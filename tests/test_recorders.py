@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -232,3 +233,42 @@ def test_summary_and_tensorboard_figures_come_from_the_rows():
     acts = [{"layer": "r", "dead_fraction": 0.25, "saturated_fraction": None}]
     assert tensorboard_scalars(rows[1:], acts) == [("grad_norm/a", 1e-6), ("grad_norm/b", 1e-2),
                                                    ("update_ratio/b", 1e-3), ("dead_fraction/r", 0.25)]
+
+
+def test_a_step_with_non_finite_gradients_is_left_out():
+    model = tiny_net()
+    recorder = GradientRecorder(model, every_n_steps=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(2):
+        x, y = data(seed=step)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if step == 1:
+            model[5].weight.grad[0, 0] = math.inf  # what an fp16 overflow leaves before GradScaler skips the step
+        recorder.before_optimizer_step(step)
+        if step == 0:
+            opt.step()
+        recorder.after_optimizer_step(step)
+    rows = {r["layer"]: r for r in recorder.end_epoch(1)}
+    assert rows["5"]["steps_sampled"] == 1 and math.isfinite(rows["5"]["grad_norm"])
+    assert rows["0"]["steps_sampled"] == 2
+
+
+def test_with_a_grad_scaler_the_recorder_reads_unscaled_gradients():
+    plain, scaled = tiny_net(), tiny_net()
+    rec_plain, rec_scaled = GradientRecorder(plain), GradientRecorder(scaled)
+    x, y = data()
+    nn.functional.cross_entropy(plain(x), y).backward()
+    rec_plain.before_optimizer_step(0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    opt = torch.optim.SGD(scaled.parameters(), lr=0.1)
+    scaler.scale(nn.functional.cross_entropy(scaled(x), y)).backward()
+    if rec_scaled.is_sampled(0):
+        scaler.unscale_(opt)  # as the loop must on sampled steps; scaler.step will not unscale again
+    rec_scaled.before_optimizer_step(0)
+    scaler.step(opt)
+    scaler.update()
+    rec_scaled.after_optimizer_step(0)
+    rec_plain.after_optimizer_step(0)
+    for a, b in zip(rec_plain.end_epoch(1), rec_scaled.end_epoch(1), strict=True):
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)

@@ -287,7 +287,8 @@ def activation_stats(model: nn.Module, batches: Iterable[Any], *, tol: float = S
       A channel, not a channel at one position, because the filter is what lives or dies: its weights get no
       gradient over the split exactly when the channel is positive nowhere, while one position can be negative
       everywhere for reasons of the data alone (a digit's empty corners after zero padding).
-      ``active_fraction`` is the share of all outputs that are positive. (A LeakyReLU or GELU unit that is
+      ``dead_units`` lists their indices (channels), which ``visualize`` can name; ``active_fraction`` is the
+      share of all outputs that are positive. (A LeakyReLU or GELU unit that is
       never positive still passes a small gradient: it is inactive rather than dead.)
     - sigmoid and tanh: ``saturated_fraction``, the share of outputs within ``tol`` of the bounds, where the
       local gradient is below 0.02 (sigmoid) or 0.04 (tanh).
@@ -339,11 +340,11 @@ def activation_stats(model: nn.Module, batches: Iterable[Any], *, tol: float = S
     for s in stats.values():  # one sync per layer, after the pass
         row = {k: v for k, v in s.items() if not k.startswith("_")}
         if s["_kind"] == "rectifier":
-            dead = int((~s["_alive"]).sum())
-            row.update(dead=dead, dead_fraction=dead / s["units"], active_fraction=int(s["_positive"]) / max(s["values"], 1),
-                       saturated_fraction=None)
+            dead_units = torch.nonzero(~s["_alive"]).flatten().tolist()
+            row.update(dead=len(dead_units), dead_fraction=len(dead_units) / s["units"], dead_units=dead_units,
+                       active_fraction=int(s["_positive"]) / max(s["values"], 1), saturated_fraction=None)
         else:
-            row.update(dead=None, dead_fraction=None, active_fraction=None,
+            row.update(dead=None, dead_fraction=None, dead_units=None, active_fraction=None,
                        saturated_fraction=int(s["_saturated"]) / max(s["values"], 1))
         rows.append(row)
     return rows

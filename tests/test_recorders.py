@@ -171,6 +171,7 @@ def test_dead_units_equal_the_set_that_never_fires():
     assert rows["1"]["dead_fraction"] == len(dead_channels) / 6
     assert rows["4"]["units"] == 8 and rows["4"]["dead"] == len(dead_features)
     assert rows["4"]["dead_fraction"] == len(dead_features) / 8
+    assert rows["1"]["dead_units"] == dead_channels and rows["4"]["dead_units"] == dead_features
 
 
 def test_a_unit_alive_for_one_image_is_not_dead():

@@ -10,7 +10,10 @@ or the loss is not finite. Two readings of the curve:
 - ``steepest``: where the smoothed loss falls fastest per decade of lr, searched from the 10th step to the
   minimum (Lightning's rule, ``skip_begin=10``); noisier, since it rests on a derivative of a noisy curve.
 
-The printed suggestion is ``SUGGESTION_RULE``; the reason is measured in the README.
+The printed suggestion is ``SUGGESTION_RULE``, measured on lenet5-digits (Adam, config lr 0.002): min/10 gave
+0.0035, and 30 epochs at it reached 97.5% test accuracy with last.pt (bundled lr: 98.1%); steepest gave 0.024,
+which reached 88.9%. On a short test the smoothed curve's steepest point sits late (the average lags the loss)
+and near the cliff, where a whole run at that lr is unstable.
 
 Momentum and Adam's moments carry gradients of earlier, smaller lrs into each step (SGD's velocity remembers about
 1/(1 - momentum) steps, 10 at 0.9), so the loss answers an lr a few steps late: with 200 steps over 8 decades

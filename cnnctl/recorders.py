@@ -42,6 +42,7 @@ RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU)
 # (low, high) bounds of the squashing activations; an output within SATURATION_TOL of either is saturated.
 SQUASHERS: dict[type[nn.Module], tuple[float, float]] = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0)}
 SATURATION_TOL = 0.02
+MAX_TICKS = 40  # layer names on a plot's x axis, at most
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -353,13 +354,13 @@ def activation_stats(model: nn.Module, batches: Iterable[Any], *, tol: float = S
 # ---------------------------------------------------------------- plots
 
 
-def _figure(size: tuple[float, float], ncols: int) -> tuple[Any, Any]:
+def _figure(size: tuple[float, float], ncols: int, nrows: int = 1) -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, fig.subplots(nrows, ncols, squeeze=False).flatten()
 
 
 def _save(fig: Any, path: str | Path) -> Path:
@@ -387,7 +388,8 @@ def _epoch_lines(ax: Any, fig: Any, layers: list[str], by_epoch: dict[int, dict[
         ax.plot(x, y, marker="o", markersize=3, color=cmap(norm(e)), linewidth=1.2)
     if log:
         ax.set_yscale("log")
-    ax.set_xticks(x, layers, rotation=60, ha="right", fontsize=7)
+    every = math.ceil(len(layers) / MAX_TICKS)  # a 56-layer net keeps readable names: every k-th one
+    ax.set_xticks(x[::every], layers[::every], rotation=60, ha="right", fontsize=7)
     ax.grid(True, which="major", alpha=0.3)
     if epochs:
         fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="epoch")
@@ -397,8 +399,10 @@ def plot_gradients(rows: Sequence[dict[str, Any]], path: str | Path, *, title: s
     """``gradients.png``: gradient norm and update/weight ratio per layer (input on the left, output on the
     right), one line per epoch coloured by epoch, log y. A vanishing gradient is a line that falls to the left."""
     layers = list(dict.fromkeys(r["layer"] for r in rows))
-    size = (max(10.0, 0.35 * len(layers) * 2 + 4), 4.5)
-    fig, (ax_g, ax_u) = _figure(size, 2)
+    if len(layers) <= MAX_TICKS // 2:  # side by side
+        fig, (ax_g, ax_u) = _figure((max(10.0, 0.5 * len(layers) + 4), 4.5), 2)
+    else:  # one above the other, each the full width
+        fig, (ax_g, ax_u) = _figure((min(16.0, 0.25 * len(layers) + 4), 9.0), 1, 2)
     for ax, key, label in ((ax_g, "grad_norm", "gradient L2 norm"), (ax_u, "update_ratio", "||update|| / ||weight||")):
         by_epoch: dict[int, dict[str, float | None]] = {}
         for r in rows:

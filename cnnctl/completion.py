@@ -105,9 +105,12 @@ def _registry_names(dotted: str) -> list[str] | None:
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The config section class inside a field's annotation (``EarlyStoppingConfig | None`` included)."""
+    """The config section class inside a field's annotation (``EarlyStoppingConfig | None`` included). A list
+    (``model.layers``) is a leaf: ``--set`` gives a list whole and cannot reach inside it."""
     from pydantic import BaseModel
 
+    if typing.get_origin(annotation) in (list, tuple, dict):
+        return None
     for candidate in (annotation, *typing.get_args(annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate

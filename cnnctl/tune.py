@@ -501,7 +501,7 @@ def run_tune(config: str, space: str, *, overrides: list[str] | None = None, tri
 
     out_root = Path(out or base_cfg.out)
     if storage is None:
-        from cnnctl.engine import new_run_dir
+        from cnnctl.run import new_run_dir
 
         study_dir = new_run_dir(out_root, study_name)  # an in-memory study starts afresh: STUDY-2 when STUDY exists
     else:
@@ -559,7 +559,7 @@ class _Objective:
     def __call__(self, trial: Any) -> float:
         import optuna
 
-        from cnnctl.engine import train
+        from cnnctl.run import train
 
         n = trial.number
         values = {p.key: p.suggest(trial) for p in self.params}
@@ -763,7 +763,9 @@ def param_importances(study: Any, params: list[Param]) -> dict[str, Any]:
 
 def plot_history(rows: list[dict[str, Any]], path: Path, *, metric: str, direction: str, title: str) -> Path:
     """Each trial's value by trial number (completed and pruned) and the best-so-far line of completed trials."""
-    from cnnctl.plots import _integer_epochs, _pyplot, _save
+    from cnnctl.plots import integer_epochs as _integer_epochs
+    from cnnctl.plots import pyplot_compat as _pyplot
+    from cnnctl.plots import save_figure as _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=HISTORY_FIGSIZE, layout="constrained")

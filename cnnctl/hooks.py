@@ -25,7 +25,6 @@ import contextlib
 import csv
 import io
 import logging
-import math
 import os
 import signal
 import sys
@@ -34,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.config import is_finite_number
 from cnnctl.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class BestMetric(Hook):
         self.best_epoch: int | None = None
 
     def improves(self, value: float) -> bool:
-        if not math.isfinite(value):
+        if not is_finite_number(value):
             return False
         if self.best is None:
             return True
@@ -154,7 +154,7 @@ class EarlyStopping(Hook):
         ``last``: this is the run's last configured epoch, so it ends here anyway: patience running out now is
         not an early stop.
         """
-        if not math.isfinite(value):
+        if not is_finite_number(value):
             if last:
                 return False, None
             self.stopped_epoch = epoch

@@ -16,30 +16,49 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import CheckpointError, TrainingError
+from cnnctl.errors import CheckpointError, WriteError, first_line
 
 FORMAT = 1
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 REQUIRED_KEYS = ("format", "config", "classes", "input", "model")
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool = True) -> None:
-    """Write ``path`` through ``write(fileobj)`` atomically; a failure leaves the old file and raises TrainingError."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def current_umask() -> int:
+    """The process's umask, read without changing it: Linux reports it in /proc/self/status (since 4.7).
+
+    Elsewhere the only way is to set it and set it back at once (a file another thread creates in that instant
+    would get the temporary mask), so that path is the fallback only.
+    """
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets what open() would give it
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool = True) -> None:
+    """Write ``path`` through ``write(fileobj)`` atomically; a failure leaves the old file and raises WriteError."""
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; the file gets what open() would give it
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        _remove_quietly(tmp)
-        raise TrainingError(f"could not write {path}: {e.strerror or e}; the previous file, if any, is intact") from None
+        if tmp is not None:
+            _remove_quietly(tmp)
+        raise WriteError(str(path), e.strerror or first_line(e), note="the previous file, if any, is intact") from None
     except BaseException:
-        _remove_quietly(tmp)
+        if tmp is not None:
+            _remove_quietly(tmp)
         raise
     _fsync_dir(path.parent)
 
@@ -111,8 +130,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(
                 "not a PyTorch checkpoint, or truncated: it is not the zip archive torch.save writes",
                 file=str(path)) from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"truncated or corrupt checkpoint ({first[:160]})", file=str(path)) from None
+        raise CheckpointError(f"truncated or corrupt checkpoint ({first_line(e)[:160]})", file=str(path)) from None
     if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
         raise CheckpointError(

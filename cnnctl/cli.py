@@ -7,13 +7,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from enum import Enum
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from cnnctl.errors import CnnctlError
+from cnnctl.errors import CnnctlError, Interrupted
 
 app = typer.Typer(
     name="cnnctl",
@@ -35,29 +36,65 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+# Choice options as enums: Typer itself refuses another value with exit 2 and lists the valid ones.
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+
+
+class Method(str, Enum):
+    grid = "grid"
+    random = "random"
+    tpe = "tpe"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+class PlotMetric(str, Enum):
+    val_acc = "val_acc"
+    val_loss = "val_loss"
+    train_acc = "train_acc"
+    train_loss = "train_loss"
+    lr = "lr"
+
+
+class TuneMetric(str, Enum):
+    val_acc = "val_acc"
+    val_loss = "val_loss"
+    train_acc = "train_acc"
+    train_loss = "train_loss"
+
+
+def _configure(threads: int | str | None = None) -> None:
+    """The process-wide settings, once per command, here at the entry point and nowhere in the library: logging
+    (rank 0 alone reports progress under torchrun), the CPU allocator, and ``train.threads``."""
+    from cnnctl.runtime import configure_process
+
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    configure_process(threads=threads, log_level=level)
 
 
 def handle_errors(func: F) -> F:
-    """Library errors become a message on stderr and their exit code; no traceback for bad input."""
+    """The one place error kinds become exit codes: a message on stderr and ``e.exit_code``; no traceback for bad
+    input. An interruption prints its resume command (no "error:"); Ctrl-C outside training exits 130."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _setup_logging()
+        _configure()
         try:
             return func(*args, **kwargs)
+        except Interrupted as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(e.exit_code) from None
         except CnnctlError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
-        except Exception as e:  # the engine's Interrupted carries its own exit code
-            if type(e).__name__ == "Interrupted":
-                typer.echo(str(e), err=True)
-                raise typer.Exit(e.exit_code) from None  # type: ignore[attr-defined]
-            raise
 
     return wrapper  # type: ignore[return-value]
 
@@ -77,18 +114,17 @@ def train(
     device: DeviceOption = None,
 ) -> None:
     """Train a network; writes OUT/NAME/ with config.yaml, metrics.csv, best.pt, last.pt, summary.json."""
-    from cnnctl.config import check_device, check_run_name, load_config
+    from cnnctl.config import check_device, check_run_name
+    from cnnctl.run import resolve, train_resolved
 
     if name is not None:
         check_run_name(name, "--name")
     if device is not None:
         check_device(device, "--device")
-    if config is None and resume is None:
-        raise CnnctlError("give a CONFIG (a file or a bundled config name; `cnnctl configs` lists them) or --resume RUN")
-    cfg = load_config(config, set_)[0] if config is not None else None
-    from cnnctl.engine import train as run_train
 
-    summary = run_train(cfg, overrides=set_, name=name, out=out, resume=resume, device=device)
+    resolved = resolve(config, overrides=set_, name=name, out=out, resume=resume)
+    _configure(threads=resolved.config.train.threads)
+    summary = train_resolved(resolved, device=device)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone answers
         typer.echo(summary["run_dir"])
 
@@ -97,22 +133,20 @@ def train(
 @handle_errors
 def eval_(
     checkpoints: Annotated[list[str], typer.Argument(help="Checkpoints or run directories; several: their ensemble.")],
-    split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+    split: Annotated[Split, typer.Option("--split", help="Which split to evaluate.")] = Split.test,
     data_root: Annotated[str | None, typer.Option("--data-root", help="Where the dataset is, if not where it was.")] = None,
     json_: JsonOption = False,
     device: DeviceOption = None,
     plots: Annotated[Path | None, typer.Option("--plots", help="Write confusion matrix and per-class charts here.")] = None,
 ) -> None:
     """Evaluate checkpoints: loss, accuracy, top-5, per-class precision/recall/F1, confusion matrix."""
-    if split not in ("test", "val"):
-        raise CnnctlError(f"--split must be test or val, not {split!r}")
     if device is not None:
         from cnnctl.config import check_device
 
         check_device(device, "--device")
     from cnnctl.inference import evaluate_checkpoints, format_report
 
-    result = evaluate_checkpoints(checkpoints, split=split, data_root=data_root, device=device or "auto")
+    result = evaluate_checkpoints(checkpoints, split=split.value, data_root=data_root, device=device or "auto")
     if plots is not None:
         from cnnctl.plots import eval_plots
 
@@ -138,7 +172,7 @@ def predict(
         from cnnctl.config import check_device
 
         check_device(device, "--device")
-    from cnnctl.predict import format_predictions
+    from cnnctl.predict import check_results, format_predictions
     from cnnctl.predict import predict as run_predict
 
     results = run_predict(images, checkpoint, topk=topk, device=device or "cpu")
@@ -146,10 +180,7 @@ def predict(
         _print_json(results)
     else:
         typer.echo(format_predictions(results))
-    failed = [r for r in results if "error" in r]
-    if failed:
-        typer.echo(f"error: {len(failed)} of {len(results)} files could not be read (named above)", err=True)
-        raise typer.Exit(2)
+    check_results(results)  # a DataError naming the files that could not be read, after the others are shown
 
 
 @app.command()
@@ -194,13 +225,13 @@ def configs() -> None:
 @handle_errors
 def plot(
     runs: Annotated[list[str], typer.Argument(help="Run directories to overlay.")],
-    metric: Annotated[str, typer.Option("--metric", help="val_acc, val_loss, train_acc, train_loss or lr.")] = "val_acc",
+    metric: Annotated[PlotMetric, typer.Option("--metric", help="The metric to overlay.")] = PlotMetric.val_acc,
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")] = Path("comparison.png"),
 ) -> None:
     """Overlay the curves of several runs (e.g. one network trained with different optimizers)."""
     from cnnctl.plots import plot_runs
 
-    typer.echo(str(plot_runs(runs, metric=metric, output=output)))
+    typer.echo(str(plot_runs(runs, metric=metric.value, output=output)))
 
 
 @app.command()
@@ -225,21 +256,24 @@ def tune(
     set_: SetOption = None,
     trials: Annotated[int | None, typer.Option("--trials", help="Total trials of the study, over every process sharing it "
                                                "(default 20; grid: every point; with --timeout: no limit).")] = None,
-    method: Annotated[str, typer.Option("--method", help="grid, random or tpe.")] = "tpe",
+    method: Annotated[Method, typer.Option("--method", help="The sampler.")] = Method.tpe,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting trials after S seconds.")] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (sqlite:///x.db, postgresql://...).")] = None,
     study: Annotated[str | None, typer.Option("--study", help="Study name (default: the config name).")] = None,
     prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Stop hopeless trials (median pruner).")] = True,
-    metric: Annotated[str, typer.Option("--metric", help="Metric to optimise.")] = "val_acc",
+    metric: Annotated[TuneMetric, typer.Option("--metric", help="Metric to optimise.")] = TuneMetric.val_acc,
     ensemble_top: Annotated[int, typer.Option("--ensemble-top", help="Evaluate the ensemble of the K best trials.")] = 0,
     out: Annotated[str | None, typer.Option("--out", help="Folder for the study (default: the config's out).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Sampler seed.")] = 0,
 ) -> None:
     """Search hyper-parameters with Optuna (grid, random, TPE) with pruning; optionally ensemble the best."""
+    from cnnctl.config import load_config
     from cnnctl.tune import run_tune
 
-    result = run_tune(config, space, overrides=set_, trials=trials, method=method, timeout=timeout, storage=storage,
-                      study=study, prune=prune, metric=metric, ensemble_top=ensemble_top, out=out, seed=seed)
+    _configure(threads=load_config(config, set_)[0].train.threads)  # every trial runs in this process
+    result = run_tune(config, space, overrides=set_, trials=trials, method=method.value, timeout=timeout,
+                      storage=storage, study=study, prune=prune, metric=metric.value, ensemble_top=ensemble_top,
+                      out=out, seed=seed)
     typer.echo(result["study_dir"])
 
 
@@ -247,7 +281,7 @@ def tune(
 @handle_errors
 def export(
     checkpoint: Annotated[str, typer.Argument(help="A checkpoint or run directory.")],
-    format_: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    format_: Annotated[ExportFormat, typer.Option("--format", help="The file format.")] = ExportFormat.onnx,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (default: beside the checkpoint).")] = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset version.")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Batch dimension.")] = True,
@@ -255,7 +289,7 @@ def export(
     """Export a checkpoint to ONNX or TorchScript, verified against PyTorch."""
     from cnnctl.export import export as run_export
 
-    result = run_export(checkpoint, format=format_, output=output, opset=opset, dynamic_batch=dynamic_batch)
+    result = run_export(checkpoint, format=format_.value, output=output, opset=opset, dynamic_batch=dynamic_batch)
     typer.echo(str(result["path"]))
 
 

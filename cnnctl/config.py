@@ -10,13 +10,15 @@ import importlib.resources
 import math
 import re
 import reprlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cnnctl.errors import ConfigError
+from cnnctl.errors import ConfigError, UsageError
 from cnnctl.models.specs import Layer
 from cnnctl.registry import closest
 
@@ -618,10 +620,9 @@ def load_config(spec: str | Path, overrides: list[str] | None = None) -> tuple[C
     overrides = list(overrides or [])
     path = resolve_config_path(spec)
     data = apply_overrides(read_yaml(path), overrides)
-    config = validate_config(data, str(path), overrides)
-    if config.name is None:
-        config = config.model_copy(update={"name": safe_run_name(path.stem)})
-    return config, path
+    if data.get("name") is None:
+        data["name"] = safe_run_name(path.stem)  # the default run name: the config file's stem, made safe
+    return validate_config(data, str(path), overrides), path
 
 
 def validate_config(data: dict[str, Any], source: str, overrides: list[str] | None = None) -> Config:
@@ -634,4 +635,103 @@ def validate_config(data: dict[str, Any], source: str, overrides: list[str] | No
 
 
 def is_finite_number(x: Any) -> bool:
+    """A real number (not a bool) that is neither NaN nor infinite: the one finite check cnnctl uses."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def flatten_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a nested mapping by dotted keys (an empty mapping stays a value)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten_keys(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# ---------------------------------------------------------------- resolving a run, once
+
+# Keys that may change on --resume without changing what the run means (the README lists them).
+RESUME_ALLOWED = (
+    "name", "out", "train.epochs", "train.device", "train.threads", "train.compile", "train.tensorboard",
+    "train.early_stopping.patience", "train.early_stopping.min_delta", "train.early_stopping.restore_best",
+    "train.checkpoint.save_every", "train.checkpoint.save_every_steps", "data.root", "data.download", "data.workers",
+    "data.eval_batch_size", "data.cache", "data.cache_dir",
+)
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """What ``cnnctl train`` runs: the validated config, and on resume the checkpoint it continues.
+
+    ``checkpoint`` is the loaded checkpoint dict (``run.resolve`` loads it; this module reads only its config).
+    ``overrides`` are the ``--set`` items, kept for the resume command an interruption prints.
+    """
+
+    config: Config
+    resume_from: Path | None = None
+    checkpoint: dict[str, Any] | None = field(default=None, repr=False)
+    overrides: tuple[str, ...] = ()
+
+
+def resolve_run(config: Config | dict[str, Any] | str | Path | None = None, *, overrides: Sequence[str] = (),
+                name: str | None = None, out: str | None = None, resume_from: Path | None = None,
+                checkpoint: dict[str, Any] | None = None) -> ResolvedRun:
+    """The one place a run's config is decided: base + ``--set`` overrides + ``--name`` / ``--out``, validated once.
+
+    The base is ``config`` (a Config, a plain dict, a file or a bundled config name) or, on resume, the checkpoint's
+    config (``checkpoint``, loaded from ``resume_from``). ``--name`` and ``--out`` are overrides of ``name`` and
+    ``out`` like any other. The run name is the given one, else the config's, else (a fresh run from a file) the
+    file's stem; a resumed run keeps its name unless one is given. On resume every changed key must be one of
+    ``RESUME_ALLOWED``. Torch-free.
+    """
+    overrides = list(overrides)
+    extra = [f"{key}={_yaml_scalar(value)}" for key, value in (("name", name), ("out", out)) if value is not None]
+    saved = None if checkpoint is None else checkpoint.get("config")
+    source = f"{resume_from} (resumed config)" if saved is not None else "config"
+    default_name = "run"
+    if isinstance(config, Config):
+        data = config.dump()
+    elif isinstance(config, dict):
+        data = copy.deepcopy(config)
+    elif config is not None:
+        path = resolve_config_path(config)
+        data, source, default_name = read_yaml(path), str(path), safe_run_name(path.stem)
+    elif saved is not None:
+        data = copy.deepcopy(saved)
+    else:
+        raise UsageError("give a CONFIG (a file or a bundled config name; `cnnctl configs` lists them) or --resume RUN")
+    if saved is not None:
+        if not isinstance(saved, dict):
+            raise ConfigError("the checkpoint holds no config mapping; it was not written by cnnctl train",
+                              file=str(resume_from))
+        # a resumed run keeps its name; one saved before run names were checked is made safe, not refused
+        saved = {**saved, "name": safe_run_name(str(saved.get("name") or "run"))}
+        data["name"] = saved["name"]
+    data = apply_overrides(data, overrides + extra)
+    if data.get("name") is None:
+        data["name"] = default_name
+    resolved = validate_config(data, source, overrides + extra)
+    if saved is not None:
+        _check_resume(validate_config(saved, str(resume_from)), resolved)
+    return ResolvedRun(resolved, resume_from if saved is not None else None, checkpoint, tuple(overrides))
+
+
+def _yaml_scalar(value: str) -> str:
+    # JSON strings are YAML: the value comes back from parse_override exactly as given (no number, no null).
+    import json
+
+    return json.dumps(str(value))
+
+
+def _check_resume(saved: Config, new: Config) -> None:
+    """Refuse a resume whose config differs from the saved one in a key that changes what the run means."""
+    before, after = flatten_keys(saved.dump()), flatten_keys(new.dump())
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    refused = [k for k in changed if not any(k == a or k.startswith(a + ".") for a in RESUME_ALLOWED)]
+    if refused:
+        detail = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in refused)
+        raise ConfigError(f"--resume: changing {detail} would make this a different run; resume with the config it "
+                          f"was started with, or start a new run. Keys that may change on resume: {', '.join(RESUME_ALLOWED)}")

@@ -5,6 +5,7 @@
 | ``CnnctlError`` and its bad-input kinds | 2 | a config, file, checkpoint, image, argument or path the user gave is wrong |
 | ``TrainingError`` | 1 | training failed at run time (a non-finite loss) |
 | ``WriteError`` | 1 | a file could not be written (full disk, permissions); names the file and the reason |
+| ``ExportError`` | 1 | an exporter failed, or the exported model does not compute what the PyTorch model does |
 | ``Interrupted`` | 128 + signal | SIGINT (130) or SIGTERM (143) stopped training after saving ``last.pt`` |
 """
 
@@ -65,6 +66,12 @@ class WriteError(CnnctlError):
     def __init__(self, path: str, reason: str, *, note: str = "") -> None:
         self.path, self.reason = str(path), reason
         super().__init__(f"could not write {path}: {reason}" + (f"; {note}" if note else ""))
+
+
+class ExportError(CnnctlError):
+    """The exporter failed, or the exported model does not compute what the PyTorch model does: exit 1."""
+
+    exit_code = 1
 
 
 class Interrupted(CnnctlError):

@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnctl.errors import CnnctlError
+from cnnctl import onnxrt
+from cnnctl.errors import CnnctlError, ExportError, UsageError, first_line
+from cnnctl.onnxrt import INSTALL_HINT, Runner, run_batched, softmax
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 METADATA_FILE = "cnnctl.json"  # the TorchScript extra file
-METADATA_KEYS = ("cnnctl_version", "arch", "name", "classes", "channels", "size", "mean", "std", "input", "output",
-                 "preprocess")
-INSTALL_HINT = "pip install 'cnnctl[export]'"
 # Probabilities must agree to 1e-4 (what `cnnctl predict` shows); logits to 1e-4 of their scale, since float32
 # kernels that fuse or reorder operations (onnxruntime folds batch norm into conv) differ by ~1e-7 relative.
 TOLERANCE = 1e-4
@@ -42,13 +41,7 @@ EXPORT_BATCH = 2  # the example batch; torch.export specializes sizes 0 and 1, s
 CHECK_IMAGES = 16
 CHECK_BATCHES = (1, 3)  # random batches other than EXPORT_BATCH: they exercise the dynamic batch axis
 
-Runner = Callable[[np.ndarray], np.ndarray]
-
-
-class ExportError(CnnctlError):
-    """The exporter failed, or the exported model does not compute what the PyTorch model does: exit 1."""
-
-    exit_code = 1
+__all__ = ["ExportError", "export", "export_metadata", "read_metadata", "real_images", "verify"]
 
 
 # ---------------------------------------------------------------- export
@@ -88,17 +81,15 @@ def export(checkpoint: str | Path, *, format: str = "onnx", output: str | Path |
     Raises CnnctlError (exit 2) for bad input or a missing extra, ExportError (exit 1) when export or
     verification fails; a file that fails verification is not written.
     """
-    from cnnctl.checkpoint import atomic_write, load_checkpoint, run_checkpoint
-    from cnnctl.inference import model_from_checkpoint
+    from cnnctl.checkpoint import atomic_write
+    from cnnctl.inference import load_model
 
     if format not in FORMATS:
-        raise CnnctlError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     if format == "onnx":
         _require_onnx()
-    source = run_checkpoint(checkpoint, "best.pt")
+    source, ckpt, model = load_model(checkpoint, "cpu")
     target = _output_path(source, format, output)
-    ckpt = load_checkpoint(source)
-    model = model_from_checkpoint(ckpt, str(source), torch.device("cpu"))
     meta = export_metadata(ckpt)
     example = torch.randn(EXPORT_BATCH, meta["channels"], *meta["size"], generator=torch.Generator().manual_seed(0))
 
@@ -155,13 +146,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CnnctlError("no such file", file=str(path))
     if path.suffix == ".onnx":
-        return _onnx_metadata(_onnx_session(path), path)
+        return onnxrt.metadata(onnxrt.session(path), path)
     extra = {METADATA_FILE: ""}
     try:
         with _quiet():
             torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError) as e:
-        raise CnnctlError(f"not a TorchScript file ({_first_line(e)})", file=str(path)) from None
+        raise CnnctlError(f"not a TorchScript file ({first_line(e)})", file=str(path)) from None
     if not extra[METADATA_FILE]:
         raise CnnctlError(f"has no {METADATA_FILE}: it was not written by cnnctl export", file=str(path))
     return json.loads(extra[METADATA_FILE])
@@ -181,18 +172,13 @@ def _output_path(source: Path, format: str, output: str | Path | None) -> Path:
     return target
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
-
-
 def _require_onnx() -> None:
     for name in ("onnx", "onnxruntime"):
         try:
             __import__(name)
         except ImportError as e:
             raise CnnctlError(f"ONNX export needs the packages onnx, onnxscript and onnxruntime, and {name} cannot be "
-                              f"imported ({_first_line(e)}); install them with: {INSTALL_HINT}") from None
+                              f"imported ({first_line(e)}); install them with: {INSTALL_HINT}") from None
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, meta: dict[str, Any], *, opset: int | None,
@@ -202,12 +188,12 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, meta: dict[str, Any], 
         proto, exporter = _dynamo_onnx(model, example, opset, dynamic_batch), "torch.onnx (dynamo)"
     except Exception as e:  # the dynamo exporter raises many types; the TorchScript-based one may still work
         log.warning("the dynamo ONNX exporter failed (%s); falling back to the TorchScript-based exporter",
-                    _first_line(e))
+                    first_line(e))
         try:
             proto, exporter = _torchscript_onnx(model, example, opset, dynamic_batch), "torch.onnx (torchscript)"
         except Exception as e2:
             raise ExportError(f"torch.onnx cannot export {meta['arch']}: the dynamo exporter failed with "
-                              f"{_first_line(e)!r}; the TorchScript-based one with {_first_line(e2)!r}. "
+                              f"{first_line(e)!r}; the TorchScript-based one with {first_line(e2)!r}. "
                               "Try --format torchscript") from None
     keys = set(meta)
     kept = [p for p in proto.metadata_props if p.key not in keys]
@@ -281,7 +267,7 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, meta: dict[str,
         with _quiet(), torch.no_grad():
             traced = torch.jit.trace(model, example, check_trace=False)
     except Exception as e:
-        raise ExportError(f"torch.jit.trace cannot export {meta['arch']}: {_first_line(e)}. Try --format onnx") from None
+        raise ExportError(f"torch.jit.trace cannot export {meta['arch']}: {first_line(e)}. Try --format onnx") from None
     buffer = io.BytesIO()
     with _quiet():
         torch.jit.save(traced, buffer, _extra_files={METADATA_FILE: json.dumps(meta)})
@@ -291,26 +277,8 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, meta: dict[str,
 # ---------------------------------------------------------------- running exported files
 
 
-def _onnx_session(model: str | Path | bytes) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise CnnctlError(f"running an ONNX model needs onnxruntime, which cannot be imported ({_first_line(e)}); "
-                          f"install it with: {INSTALL_HINT}") from None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: not its notes on the providers it did not pick
-    source = model if isinstance(model, bytes) else str(model)
-    try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        where = None if isinstance(model, bytes) else str(model)
-        raise CnnctlError(f"onnxruntime cannot load it as an ONNX model ({_first_line(e)})", file=where) from None
-
-
-def _onnx_runner(model: str | Path | bytes) -> Runner:
-    session = _onnx_session(model)
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+def _onnx_runner(model: bytes) -> Runner:
+    return onnxrt.runner(model)
 
 
 def _torchscript_runner(data: bytes) -> Runner:
@@ -322,33 +290,6 @@ def _torchscript_runner(data: bytes) -> Runner:
             return module(torch.from_numpy(x)).float().numpy()
 
     return run
-
-
-def _onnx_metadata(session: Any, path: Path) -> dict[str, Any]:
-    props = session.get_modelmeta().custom_metadata_map
-    missing = [k for k in ("classes", "channels", "size", "mean", "std") if k not in props]
-    if missing:
-        raise CnnctlError(f"has no cnnctl metadata ({', '.join(missing)} missing), so its classes and preprocessing "
-                          "are unknown; export it with `cnnctl export CHECKPOINT`", file=str(path))
-    try:
-        return {k: json.loads(v) for k, v in props.items() if k in METADATA_KEYS}
-    except json.JSONDecodeError as e:
-        raise CnnctlError(f"its cnnctl metadata is not valid JSON ({e})", file=str(path)) from None
-
-
-
-def _run_batched(run: Runner, x: np.ndarray, batch: int | None) -> np.ndarray:
-    """``run`` over ``x``; a file exported with a fixed batch size gets exactly that many, zero-padded."""
-    if batch is None:
-        return run(x)
-    outputs = []
-    for start in range(0, len(x), batch):
-        part = x[start:start + batch]
-        pad = batch - len(part)
-        if pad:
-            part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), dtype=part.dtype)])
-        outputs.append(run(part)[:batch - pad])
-    return np.concatenate(outputs)
 
 
 # ---------------------------------------------------------------- verification
@@ -378,7 +319,7 @@ def verify(model: nn.Module, run: Runner, ckpt: dict[str, Any], source: str, *,
     for name, x in sets:
         with torch.inference_mode():
             expected = model(x).double().numpy()
-        got = _run_batched(run, x.numpy(), batch).astype(np.float64)
+        got = run_batched(run, x.numpy(), batch).astype(np.float64)
         if got.shape != expected.shape:
             raise ExportError(f"the exported model gives outputs of shape {list(got.shape)} for {name}, PyTorch "
                               f"{list(expected.shape)}", file=source)
@@ -400,70 +341,13 @@ def verify(model: nn.Module, run: Runner, ckpt: dict[str, Any], source: str, *,
 def real_images(ckpt: dict[str, Any], source: str, n: int = CHECK_IMAGES) -> tuple[torch.Tensor | None, str]:
     """Up to ``n`` uint8 images of the checkpoint's test split (else val, else train) and where they came from,
     or ``(None, why not)`` when its dataset cannot be read here. Never downloads."""
-    from cnnctl.data.base import TensorSplit, load_data
-    from cnnctl.data.transforms import load_image
-    from cnnctl.inference import checkpoint_config
+    from cnnctl.inference import sample_images
 
-    spec = ckpt["input"]
     try:
-        cfg = checkpoint_config(ckpt, source)
-        # The checkpoint already holds mean and std: skip computing them, and never reach for the network.
-        data_cfg = cfg.data.model_copy(update={"download": False, "normalize": "none"})
-        bundle = load_data(data_cfg, cfg.seed)
-        name, part = next((s, getattr(bundle, s)) for s in ("test", "val", "train") if getattr(bundle, s) is not None)
-        if isinstance(part, TensorSplit):
-            images = part.images[:n]
-        else:
-            images = torch.stack([load_image(f, spec["channels"], tuple(spec["size"])) for f in part.files[:n]])
+        images, _, where = sample_images(ckpt, source, n)
     except Exception as e:  # a missing dataset only narrows the check; it must not stop the export
-        return None, f"dataset cannot be read here: {_first_line(e)}"
+        return None, f"dataset cannot be read here: {first_line(e)[:200]}"
+    spec = ckpt["input"]
     if tuple(images.shape[1:]) != (spec["channels"], *spec["size"]):
         return None, f"the dataset's images are {list(images.shape[1:])}, the checkpoint's input is {spec}"
-    return images, f"{cfg.data.dataset} {name}"
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis in float64."""
-    z = logits.astype(np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-# ---------------------------------------------------------------- predict with an ONNX file
-
-
-def onnx_predict(model_path: str | Path, inputs: list[str], topk: int = 5, *,
-                 batch_size: int = 256) -> list[dict[str, Any]]:
-    """``cnnctl predict -c MODEL.onnx``: the results of ``cnnctl.predict.predict``, computed by onnxruntime.
-
-    Images are read and normalized as for a checkpoint (``load_image``, ``to_model_input``), with the classes and
-    preprocessing stored in the file's metadata.
-    """
-    from cnnctl.data.base import to_model_input
-    from cnnctl.predict import predict_files
-
-    if topk < 1:
-        raise CnnctlError(f"--topk must be at least 1, not {topk}")
-    path = Path(model_path)
-    if not path.is_file():
-        raise CnnctlError("no such file", file=str(path))
-    session = _onnx_session(path)
-    meta = _onnx_metadata(session, path)
-    name = session.get_inputs()[0].name
-    fixed = session.get_inputs()[0].shape[0]
-    batch = fixed if isinstance(fixed, int) and fixed > 0 else None
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: x})[0]
-
-    classes = meta["classes"]
-    k = min(topk, len(classes))
-
-    def classify(images: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
-        x = to_model_input(images, meta["mean"], meta["std"], torch.device("cpu"))
-        probs = softmax(_run_batched(run, x.numpy(), batch))
-        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(probs, top, axis=1).tolist(), top.tolist()
-
-    return predict_files(inputs, classes, channels=meta["channels"], size=tuple(meta["size"]), batch_size=batch_size,
-                         classify=classify)
+    return images, where

@@ -1,4 +1,5 @@
-"""Rebuilding a network from a checkpoint alone, and ``cnnctl eval`` (single checkpoints and ensembles)."""
+"""Rebuilding a network from a checkpoint alone (``load_model``), images of a checkpoint's dataset
+(``sample_images``), and ``cnnctl eval`` (single checkpoints and ensembles)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from torch import nn
 
 from cnnctl.checkpoint import load_checkpoint, load_model_state, run_checkpoint
 from cnnctl.config import Config, validate_config
-from cnnctl.errors import CheckpointError, CnnctlError
+from cnnctl.engine import evaluate
+from cnnctl.errors import CheckpointError, CnnctlError, DataError, UsageError
 from cnnctl.metrics import EvalAccumulator
+from cnnctl.runtime import select_device
 
 
 def checkpoint_config(ckpt: dict[str, Any], source: str) -> Config:
@@ -34,6 +37,47 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str, device: torch.devic
     return model.to(device).eval()
 
 
+def load_model(spec: str | Path, device: str | torch.device = "cpu", *,
+               default: str = "best.pt") -> tuple[Path, dict[str, Any], nn.Module]:
+    """Checkpoint -> ready model: ``spec`` is a .pt file or a run directory (its ``default`` file). Returns the
+    file, the checkpoint dict and its network with weights, in eval mode on ``device``."""
+    path = run_checkpoint(spec, default)
+    ckpt = load_checkpoint(path)
+    dev = device if isinstance(device, torch.device) else select_device(device)
+    return path, ckpt, model_from_checkpoint(ckpt, str(path), dev)
+
+
+def sample_images(ckpt: dict[str, Any], source: str, n: int, *,
+                  splits: tuple[str, ...] = ("test", "val", "train")) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Up to ``n`` images of the checkpoint's dataset as uint8 ``[N, C, H, W]`` at the checkpoint's input size, their
+    labels, and where they came from (``"digits test"``): the first of ``splits`` that has images. Never downloads
+    and never computes normalization statistics (the checkpoint has them); DataError when it cannot be read here."""
+    from cnnctl.data.base import TensorSplit, load_data
+    from cnnctl.data.transforms import load_image, resize
+
+    spec = ckpt["input"]
+    channels, size = int(spec["channels"]), (int(spec["size"][0]), int(spec["size"][1]))
+    cfg = checkpoint_config(ckpt, source)
+    try:
+        bundle = load_data(cfg.data.model_copy(update={"download": False, "normalize": "none"}), cfg.seed)
+    except CnnctlError as e:
+        raise DataError(f"the checkpoint's dataset {cfg.data.dataset!r} cannot be loaded here (nothing is "
+                        f"downloaded for this): {e}", file=source) from None
+    for name in splits:
+        part = getattr(bundle, name)
+        if part is not None and len(part) > 0:
+            break
+    else:
+        raise DataError(f"dataset {cfg.data.dataset!r} has no {' or '.join(splits)} images", file=source)
+    if isinstance(part, TensorSplit):
+        images = part.images[:n]
+        if tuple(images.shape[2:]) != size:
+            images = torch.stack([resize(image, size) for image in images])
+    else:
+        images = torch.stack([load_image(f, channels, size) for f in part.files[:n]])
+    return images, torch.as_tensor(part.labels[:n]), f"{cfg.data.dataset} {name}"
+
+
 def _split_for(cfg: Config, split: str, data_root: str | None, seed: int, cache: dict[str, Any]) -> tuple[Any, Any]:
     from cnnctl.data.base import load_data
 
@@ -45,7 +89,7 @@ def _split_for(cfg: Config, split: str, data_root: str | None, seed: int, cache:
     part = getattr(bundle, split)
     if part is None:
         other = "val" if split == "test" else "test"
-        raise CnnctlError(f"--split {split}: dataset {cfg.data.dataset} has no {split} split here; try --split {other}")
+        raise UsageError(f"--split {split}: dataset {cfg.data.dataset} has no {split} split here; try --split {other}")
     return bundle, part
 
 
@@ -53,17 +97,13 @@ def evaluate_checkpoints(paths: list[str], *, split: str = "test", data_root: st
                          device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
     """Evaluate each checkpoint on ``split``; with several, also their ensemble (mean of softmax)."""
     from cnnctl.data.base import make_loader
-    from cnnctl.engine import evaluate, select_device, tune_cpu_allocator
 
-    tune_cpu_allocator()
     dev = select_device(device)
     cache: dict[str, Any] = {}
     members, probs, labels, classes = [], [], None, None
     for spec in paths:
-        path = run_checkpoint(spec, "best.pt")
-        ckpt = load_checkpoint(path)
+        path, ckpt, model = load_model(spec, dev)
         cfg = checkpoint_config(ckpt, str(path))
-        model = model_from_checkpoint(ckpt, str(path), dev)
         _, part = _split_for(cfg, split, data_root, cfg.seed, cache)
         inp = ckpt["input"]
         loader = make_loader(part, batch_size=batch_size or 2 * cfg.data.batch_size, train=False, device=dev,
@@ -75,7 +115,7 @@ def evaluate_checkpoints(paths: list[str], *, split: str = "test", data_root: st
             if classes is None:
                 classes, labels = ckpt["classes"], part_labels
             elif ckpt["classes"] != classes or not torch.equal(part_labels, labels):
-                raise CnnctlError(f"{path}: cannot ensemble it with {members[0]['checkpoint']}: they were trained on "
+                raise UsageError(f"{path}: cannot ensemble it with {members[0]['checkpoint']}: they were trained on "
                                   "different classes or splits (dataset, seed or val_split differ)")
             probs.append(p)
     if len(paths) == 1:
@@ -120,5 +160,5 @@ def newest_best(root: Path = Path("runs")) -> Path:
     """``best.pt`` of the newest run under ``root`` (used by ``cnnctl predict`` without ``-c``)."""
     found = sorted(root.glob("**/best.pt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
     if not found:
-        raise CnnctlError(f"no -c given and no {root}/*/best.pt found; train a model first or pass -c CKPT")
+        raise UsageError(f"no -c given and no {root}/*/best.pt found; train a model first or pass -c CKPT")
     return found[-1]

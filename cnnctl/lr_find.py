@@ -191,7 +191,8 @@ def _write_csv(path: Path, lrs: list[float], losses: list[float], smoothed: list
 def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], readings: dict[str, float | None],
                  path: Path, *, title: str = "") -> Path:
     """Loss against lr (log x): raw and smoothed, with both readings marked and the printed one labelled."""
-    from cnnctl.recorders import _figure, _save
+    from cnnctl.plots import save_figure
+    from cnnctl.recorders import _figure
 
     fig, (ax,) = _figure((7.0, 4.5), 1)
     ax.plot(lrs, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="loss")
@@ -209,7 +210,7 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], r
     ax.legend(fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def format_result(result: dict[str, Any]) -> str:

@@ -60,7 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from cnnctl.errors import CheckpointError, ConfigError
+from cnnctl.errors import CheckpointError, ConfigError, UsageError
 from cnnctl.registry import Registry
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ class Schedule:
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, *, epochs: int,
                  steps_per_epoch: int) -> None:
         if epochs < 1 or steps_per_epoch < 1:
-            raise ValueError(f"a schedule needs epochs >= 1 and steps_per_epoch >= 1, got {epochs} and "
+            raise UsageError(f"a schedule needs epochs >= 1 and steps_per_epoch >= 1, got {epochs} and "
                              f"{steps_per_epoch}")
         self.optimizer = optimizer
         self.cfg = cfg
@@ -297,7 +297,7 @@ class Schedule:
         monitor = self.cfg.monitor
         value = (metrics or {}).get(monitor)
         if value is None:
-            raise ValueError(f"scheduler {self.cfg.name!r} steps once per epoch with the epoch's metrics, "
+            raise UsageError(f"scheduler {self.cfg.name!r} steps once per epoch with the epoch's metrics, "
                              f"which must hold {monitor!r}")
         warming = self.count * self.plan.steps_per_epoch < self.plan.warmup_steps  # this epoch began in warmup
         self.count += 1

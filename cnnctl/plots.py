@@ -1,6 +1,8 @@
 """PNG plots drawn with matplotlib (Agg, no display): training curves, confusion matrices, run comparisons.
 
 Every figure has a fixed size in inches at ``DPI``, so its pixel size is known: ``FIGSIZE[name] * DPI``.
+Figures are ``matplotlib.figure.Figure`` objects on their own Agg canvas (``subplots``, ``save_figure``): pyplot
+is never imported, so its global figure list and a notebook's chosen backend are left alone.
 """
 
 from __future__ import annotations
@@ -9,35 +11,45 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import CnnctlError
+from cnnctl.errors import CnnctlError, UsageError
 
 DPI = 100
 FIGSIZE = {"curves": (13.0, 4.0), "confusion": (7.0, 6.0), "per_class": (9.0, 4.0), "comparison": (8.0, 5.0)}
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
-def _pyplot():
-    import matplotlib
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], layout: str | None = "constrained",
+             **kwargs: Any) -> tuple[Any, Any]:
+    """A new ``Figure`` on an Agg canvas and its axes, as ``pyplot.subplots`` would return them (``kwargs``:
+    ``squeeze``, ``gridspec_kw``, ``sharex``...), without pyplot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=figsize, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
-    return plt
 
-
-def _integer_epochs(*axes: Any) -> None:
+def integer_epochs(*axes: Any) -> None:
+    """Integer ticks on the x axes (epochs, trials)."""
     from matplotlib.ticker import MaxNLocator
 
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``DPI``, atomically (WriteError naming the file on failure)."""
     from cnnctl.checkpoint import atomic_write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from cnnctl.errors import WriteError
+
+        raise WriteError(str(path.parent), e.strerror or str(e)) from None
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
-    _pyplot().close(fig)
     return path
 
 
@@ -54,8 +66,7 @@ def plot_curves(rows: list[dict[str, float | None]], path: Path, *, best_epoch: 
                 stopped_epoch: int | None = None, title: str = "") -> Path:
     """Loss and accuracy (train and val) per epoch and the learning rate on its own axis; best epoch and the
     early-stopping point marked."""
-    plt = _pyplot()
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=FIGSIZE["curves"], layout="constrained")
+    fig, (ax_loss, ax_acc, ax_lr) = subplots(1, 3, figsize=FIGSIZE["curves"], layout="constrained")
     epochs = [r["epoch"] for r in rows]
     for ax, kind, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
         for split, style in (("train", "-"), ("val", "--")):
@@ -74,23 +85,22 @@ def plot_curves(rows: list[dict[str, float | None]], path: Path, *, best_epoch: 
             ax.axvline(best_epoch, color="tab:purple", linestyle=":", label=f"best (epoch {best_epoch})")
         if stopped_epoch is not None:
             ax.axvline(stopped_epoch, color="tab:red", linestyle="-.", label=f"early stop (epoch {stopped_epoch})")
-    _integer_epochs(ax_loss, ax_acc, ax_lr)
+    integer_epochs(ax_loss, ax_acc, ax_lr)
     ax_loss.legend(fontsize=8)
     ax_acc.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, *, title: str = "") -> Path:
     """The confusion matrix normalized per true class (colour), with the counts written in the cells."""
-    plt = _pyplot()
     import numpy as np
 
     counts = np.asarray(cm, dtype=np.int64)
     totals = counts.sum(1, keepdims=True)
     normalized = counts / np.maximum(totals, 1)
-    fig, ax = plt.subplots(figsize=FIGSIZE["confusion"], layout="constrained")
+    fig, ax = subplots(figsize=FIGSIZE["confusion"], layout="constrained")
     image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, label="fraction of the true class")
     k = len(classes)
@@ -105,15 +115,14 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, *, title
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix (colour: row-normalized; numbers: counts)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class(per_class: list[dict[str, Any]], path: Path, *, title: str = "") -> Path:
     """Precision, recall and F1 of each class as grouped bars."""
-    plt = _pyplot()
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=FIGSIZE["per_class"], layout="constrained")
+    fig, ax = subplots(figsize=FIGSIZE["per_class"], layout="constrained")
     x = np.arange(len(per_class))
     for i, key in enumerate(("precision", "recall", "f1")):
         ax.bar(x + (i - 1) * 0.27, [c[key] for c in per_class], width=0.27, label=key)
@@ -124,15 +133,14 @@ def plot_per_class(per_class: list[dict[str, Any]], path: Path, *, title: str = 
     ax.legend(ncol=3, fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title or "per-class precision, recall, F1", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_runs(runs: list[str], *, metric: str = "val_acc", output: Path = Path("comparison.png")) -> Path:
     """The runs' ``metric`` per epoch overlaid, one line per run, labelled with the run's name."""
     if metric not in METRICS:
-        raise CnnctlError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=FIGSIZE["comparison"], layout="constrained")
+        raise UsageError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
+    fig, ax = subplots(figsize=FIGSIZE["comparison"], layout="constrained")
     for run in runs:
         rows = read_metrics(run)
         values = [r.get(metric) for r in rows]
@@ -141,12 +149,12 @@ def plot_runs(runs: list[str], *, metric: str = "val_acc", output: Path = Path("
         ax.plot([r["epoch"] for r in rows], values, marker="o", markersize=3, label=Path(run).name)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    _integer_epochs(ax)
+    integer_epochs(ax)
     if metric == "lr" or metric.endswith("loss"):
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, Path(output))
+    return save_figure(fig, Path(output))
 
 
 def run_plots(run_dir: Path, summary: dict[str, Any], classes: list[str], stopped_epoch: int | None) -> list[Path]:

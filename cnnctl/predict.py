@@ -1,4 +1,4 @@
-"""``cnnctl predict``: images read with the checkpoint's preprocessing, batched, top-k classes."""
+"""``cnnctl predict``: images read with the checkpoint's (or ONNX file's) preprocessing, batched, top-k classes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from cnnctl.data.transforms import IMAGE_SUFFIXES, load_image
-from cnnctl.errors import CnnctlError
+from cnnctl.errors import CnnctlError, DataError, UsageError
+
+SHOWN_FAILURES = 3  # files named in the error line; the rest are counted
 
 
 def _image_files(folder: str) -> Iterator[str]:
@@ -42,25 +44,22 @@ def find_images(inputs: list[str]) -> list[tuple[str, str | None]]:
 
 def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, device: str = "cpu",
             batch_size: int = 256) -> list[dict[str, Any]]:
-    """Top-k predictions for each image; a file that cannot be read gets ``error`` instead of ``topk``."""
-    from cnnctl.checkpoint import load_checkpoint, run_checkpoint
+    """Top-k predictions for each image; a file that cannot be read gets ``error`` instead of ``topk``.
+
+    ``checkpoint``: a .pt file, a run directory (its best.pt), an exported .onnx file (run by onnxruntime with the
+    preprocessing in its metadata), or None for best.pt of the newest run under ``runs/``.
+    ``check_results(results)`` turns unreadable files into a DataError once the results are shown.
+    """
     from cnnctl.data.base import to_model_input
-    from cnnctl.engine import select_device, tune_cpu_allocator
-    from cnnctl.inference import model_from_checkpoint, newest_best
+    from cnnctl.inference import load_model, newest_best
 
     if topk < 1:
-        raise CnnctlError(f"--topk must be at least 1, not {topk}")
+        raise UsageError(f"--topk must be at least 1, not {topk}")
     if checkpoint is not None and Path(checkpoint).suffix == ".onnx":
-        from cnnctl.export import onnx_predict  # an exported file: onnxruntime with the preprocessing in its metadata
-
         return onnx_predict(checkpoint, inputs, topk=topk, batch_size=batch_size)
-    path = run_checkpoint(checkpoint, "best.pt") if checkpoint else newest_best()
-    tune_cpu_allocator()
-    dev = select_device(device)
-    ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, str(path), dev)
+    _, ckpt, model = load_model(checkpoint or newest_best(), device)
+    dev = next(model.parameters()).device
     spec, classes = ckpt["input"], ckpt["classes"]
-    size = tuple(spec["size"])
     k = min(topk, len(classes))
 
     def classify(images: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
@@ -69,7 +68,40 @@ def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, 
             top = model(x).float().softmax(1).cpu().topk(k, dim=1)
         return top.values.tolist(), top.indices.tolist()
 
-    return predict_files(inputs, classes, channels=spec["channels"], size=size, batch_size=batch_size,
+    return predict_files(inputs, classes, channels=spec["channels"], size=tuple(spec["size"]), batch_size=batch_size,
+                         classify=classify)
+
+
+def onnx_predict(model_path: str | Path, inputs: list[str], topk: int = 5, *,
+                 batch_size: int = 256) -> list[dict[str, Any]]:
+    """``cnnctl predict -c MODEL.onnx``: the results of ``predict``, computed by onnxruntime.
+
+    Images are read and normalized as for a checkpoint (``load_image``, ``to_model_input``), with the classes and
+    preprocessing stored in the file's metadata.
+    """
+    import numpy as np
+
+    from cnnctl import onnxrt
+    from cnnctl.data.base import to_model_input
+
+    if topk < 1:
+        raise UsageError(f"--topk must be at least 1, not {topk}")
+    path = Path(model_path)
+    if not path.is_file():
+        raise CnnctlError("no such file", file=str(path))
+    session = onnxrt.session(path)
+    meta = onnxrt.metadata(session, path)
+    name, batch = session.get_inputs()[0].name, onnxrt.fixed_batch(session)
+    classes = meta["classes"]
+    k = min(topk, len(classes))
+
+    def classify(images: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
+        x = to_model_input(images, meta["mean"], meta["std"], torch.device("cpu")).numpy()
+        probs = onnxrt.softmax(onnxrt.run_batched(lambda b: session.run(None, {name: b})[0], x, batch))
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(probs, top, axis=1).tolist(), top.tolist()
+
+    return predict_files(inputs, classes, channels=meta["channels"], size=tuple(meta["size"]), batch_size=batch_size,
                          classify=classify)
 
 
@@ -115,3 +147,12 @@ def format_predictions(results: list[dict[str, Any]]) -> str:
         best = ", ".join(f"{t['class']} {t['prob']:.2%}" for t in r["topk"])
         lines.append(f"{r['file']}: {best}")
     return "\n".join(lines)
+
+
+def check_results(results: list[dict[str, Any]]) -> None:
+    """DataError (exit 2) naming the files that could not be read (the first few), once the results are shown."""
+    failed = [r["file"] for r in results if "error" in r]
+    if not failed:
+        return
+    named = ", ".join(failed[:SHOWN_FAILURES]) + (f" and {len(failed) - SHOWN_FAILURES} more" if len(failed) > SHOWN_FAILURES else "")
+    raise DataError(f"{len(failed)} of {len(results)} files could not be read: {named} (each error is shown above)")

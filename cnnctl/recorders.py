@@ -355,21 +355,11 @@ def activation_stats(model: nn.Module, batches: Iterable[Any], *, tol: float = S
 
 
 def _figure(size: tuple[float, float], ncols: int, nrows: int = 1) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """A Figure (no pyplot) and its axes as one flat array."""
+    from cnnctl.plots import subplots
 
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False).flatten()
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    from cnnctl.checkpoint import atomic_write
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    return path
+    fig, axes = subplots(nrows, ncols, figsize=size, squeeze=False)
+    return fig, axes.flatten()
 
 
 def _epoch_lines(ax: Any, fig: Any, layers: list[str], by_epoch: dict[int, dict[str, float | None]], *,
@@ -398,6 +388,8 @@ def _epoch_lines(ax: Any, fig: Any, layers: list[str], by_epoch: dict[int, dict[
 def plot_gradients(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
     """``gradients.png``: gradient norm and update/weight ratio per layer (input on the left, output on the
     right), one line per epoch coloured by epoch, log y. A vanishing gradient is a line that falls to the left."""
+    from cnnctl.plots import save_figure
+
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     if len(layers) <= MAX_TICKS // 2:  # side by side
         fig, (ax_g, ax_u) = _figure((max(10.0, 0.5 * len(layers) + 4), 4.5), 2)
@@ -413,12 +405,14 @@ def plot_gradients(rows: Sequence[dict[str, Any]], path: str | Path, *, title: s
     ax_u.axhline(1e-3, color="grey", linestyle="--", linewidth=0.8)
     ax_u.annotate("1e-3", (0, 1e-3), fontsize=7, color="grey", va="bottom")
     fig.suptitle(title or "gradient flow (mean over sampled steps)")
-    return _save(fig, path)
+    return save_figure(fig, Path(path))
 
 
 def plot_activations(stats_by_epoch: dict[int, list[dict[str, Any]]], path: str | Path, *, title: str = "") -> Path:
     """``activations.png``: per activation layer, the fraction of dead units (rectifiers) and of saturated
     outputs (sigmoid/tanh), one line per epoch; ``stats_by_epoch`` maps an epoch to ``activation_stats`` rows."""
+    from cnnctl.plots import save_figure
+
     panels = [(key, label) for key, label in (("dead_fraction", "dead units (never positive)"),
                                               ("saturated_fraction", f"saturated outputs (within {SATURATION_TOL} of a bound)"))
               if any(r[key] is not None for rows in stats_by_epoch.values() for r in rows)]
@@ -433,4 +427,4 @@ def plot_activations(stats_by_epoch: dict[int, list[dict[str, Any]]], path: str 
         ax.set_ylabel(label)
         ax.set_xlabel("activation layer (input -> output)")
     fig.suptitle(title or "activations over the validation split")
-    return _save(fig, path)
+    return save_figure(fig, Path(path))

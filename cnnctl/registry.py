@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cnnctl.errors import CnnctlError
+from cnnctl.errors import CnnctlError, UsageError
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:
@@ -37,7 +37,7 @@ class Registry:
 
     def add(self, name: str, entry: Any) -> None:
         if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
+            raise UsageError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
 
     def register(self, name: str) -> Callable[[Any], Any]:
@@ -55,9 +55,7 @@ class Registry:
 
     def unknown(self, name: str) -> str:
         """The sentence for an unknown name: the closest match and the known ones."""
-        hint = closest(name, self._entries)
-        did_you_mean = f" Did you mean {hint!r}?" if hint else ""
-        return f"unknown {self.kind} {name!r}.{did_you_mean} Known: {', '.join(self._entries)}."
+        return f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries) or '.'} Known: {', '.join(self._entries)}."
 
     def get(self, name: str) -> Any:
         if name not in self._entries:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cnnctl.errors import CnnctlError, DataError
-from cnnctl.plots import _pyplot, _save
+from cnnctl.plots import save_figure, subplots
 
 log = logging.getLogger("cnnctl")
 
@@ -203,11 +203,10 @@ def mosaic(tiles: np.ndarray, cols: int, pad: int = 1) -> tuple[np.ndarray, list
 
 
 def _draw_grid(tiles: np.ndarray, labels: list[str], title: str, path: Path, figsize: tuple[float, float]) -> Path:
-    plt = _pyplot()
     _, cols = grid_shape(len(tiles))
     h, w = tiles.shape[1:3]
     picture, origins = mosaic(tiles, cols, pad=max(1, min(h, w) // 8))
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    fig, ax = subplots(figsize=figsize, layout="constrained")
     ax.imshow(picture, interpolation="nearest")
     size = 9 if cols <= 4 else 7 if cols <= 8 else 5
     for (y, x), label in zip(origins, labels, strict=True):
@@ -215,7 +214,7 @@ def _draw_grid(tiles: np.ndarray, labels: list[str], title: str, path: Path, fig
                 bbox={"facecolor": "black", "alpha": 0.55, "pad": 1, "linewidth": 0})
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _show_image(ax: Any, image: torch.Tensor) -> None:
@@ -257,13 +256,12 @@ def plot_stage(stage: Stage, path: Path) -> Path:
 
 def plot_overview(image: torch.Tensor, stages: list[Stage], caption: str, path: Path) -> Path:
     """overview.png: the input, then each stage's mean over its channels, showing the maps shrink and deepen."""
-    plt = _pyplot()
     picked = stages
     if len(stages) > MAX_OVERVIEW:
         index = np.linspace(0, len(stages) - 1, MAX_OVERVIEW).round().astype(int)
         picked = [stages[i] for i in sorted(set(index.tolist()))]
     rows, cols = grid_shape(len(picked) + 1)
-    fig, axes = plt.subplots(rows, cols, figsize=FIGSIZE["overview"], layout="constrained", squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=FIGSIZE["overview"], layout="constrained", squeeze=False)
     flat = axes.ravel()
     _show_image(flat[0], image)
     flat[0].set_title(f"input {'x'.join(map(str, image.shape))}", fontsize=8)
@@ -277,18 +275,17 @@ def plot_overview(image: torch.Tensor, stages: list[Stage], caption: str, path: 
         ax.set_axis_off()
     note = f"; {len(picked)} of {len(stages)} stages shown" if len(picked) < len(stages) else ""
     fig.suptitle(f"{caption}: the input, then each stage's mean over its channels (C x H x W){note}", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_prediction(image: torch.Tensor, probs: torch.Tensor, classes: list[str], caption: str, path: Path,
                     true_class: str | None = None) -> Path:
     """prediction.png: the input beside a bar chart of the top-k (k = min(5, classes)) class probabilities."""
-    plt = _pyplot()
     k = min(5, len(classes))
     top = probs.topk(k)
     names = [classes[int(i)] for i in top.indices]
     values = [float(v) for v in top.values]
-    fig, (ax_image, ax_bars) = plt.subplots(1, 2, figsize=FIGSIZE["prediction"], layout="constrained",
+    fig, (ax_image, ax_bars) = subplots(1, 2, figsize=FIGSIZE["prediction"], layout="constrained",
                                             gridspec_kw={"width_ratios": [1, 2]})
     _show_image(ax_image, image)
     ax_image.set_title(caption if true_class is None else f"{caption}\ntrue class: {true_class}", fontsize=9)
@@ -302,7 +299,7 @@ def plot_prediction(image: torch.Tensor, probs: torch.Tensor, classes: list[str]
         ax_bars.text(v + 0.01, i, _percent(v), va="center", fontsize=9)
     ax_bars.set_title(f"top {k} of {len(classes)} classes: {names[0]} ({_percent(values[0])})", fontsize=10)
     ax_bars.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _percent(p: float) -> str:
@@ -318,37 +315,22 @@ def input_image(ckpt: dict[str, Any], source: str, image: str | Path | None) -> 
     ``image``: read with the checkpoint's channels and size. None: the first image of the checkpoint's test
     split (val when there is none), loaded without downloading anything.
     """
-    from cnnctl.data.transforms import load_image, resize
+    from cnnctl.data.transforms import load_image
+    from cnnctl.inference import sample_images
 
     spec = ckpt["input"]
-    size = (int(spec["size"][0]), int(spec["size"][1]))
     if image is not None:
+        size = (int(spec["size"][0]), int(spec["size"][1]))
         return load_image(image, int(spec["channels"]), size), Path(image).name, None
-    from cnnctl.data.base import TensorSplit, load_data
-    from cnnctl.inference import checkpoint_config
-
-    cfg = checkpoint_config(ckpt, source)
     try:
-        bundle = load_data(cfg.data.model_copy(update={"download": False}), cfg.seed)
-    except CnnctlError as e:
-        raise DataError(f"no --image given, and the checkpoint's dataset {cfg.data.dataset!r} cannot be loaded here "
-                        "(visualize never downloads one); pass --image IMG to look at an image of your own. "
-                        f"The dataset's error: {e}", file=source) from None
-    for split_name in ("test", "val"):
-        part = getattr(bundle, split_name)
-        if part is not None and len(part) > 0:
-            break
-    else:
-        raise DataError(f"no --image given, and dataset {cfg.data.dataset!r} has no test or val images; "
-                        "pass --image IMG", file=source)
-    if isinstance(part, TensorSplit):
-        picture = resize(part.images[0], size)
-    else:
-        picture = load_image(part.files[0], int(spec["channels"]), size)
-    label = int(part.labels[0])
+        images, labels, where = sample_images(ckpt, source, 1, splits=("test", "val"))
+    except DataError as e:
+        raise DataError(f"no --image given, and {e}; pass --image IMG to look at an image of your own") from None
+    label = int(labels[0])
     classes = ckpt["classes"]
     true_class = classes[label] if 0 <= label < len(classes) else None
-    return picture, f"{split_name} image 0 of {cfg.data.dataset}", true_class
+    dataset, _, split_name = where.rpartition(" ")
+    return images[0], f"{split_name} image 0 of {dataset}", true_class
 
 
 def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output: Path | None = None) -> list[Path]:
@@ -358,14 +340,11 @@ def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output
     image of the checkpoint's dataset; ``output`` to ``visualize/`` beside the checkpoint. Feature-map PNGs left
     there by an earlier call that this one did not write (another network's stages) are removed.
     """
-    from cnnctl.checkpoint import load_checkpoint, run_checkpoint
     from cnnctl.data.base import to_model_input
-    from cnnctl.inference import model_from_checkpoint
+    from cnnctl.inference import load_model
 
-    path = run_checkpoint(checkpoint, "best.pt")
-    ckpt = load_checkpoint(path)
     cpu = torch.device("cpu")
-    model = model_from_checkpoint(ckpt, str(path), cpu)
+    path, ckpt, model = load_model(checkpoint, cpu)
     conv_name, conv = first_conv(model, str(path))
     folder = Path(output) if output is not None else path.parent / "visualize"
     if folder.exists() and not folder.is_dir():

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_allocator.py [--repeats 4] [--epochs 2] [--shared ../shared/data]
 
 Runs configs/lenet5-mnist.yaml on the real MNIST (staged from ``--shared`` as scripts/bench_mnist.py does) as
-whole ``cnnctl train`` processes, alternating A B A B: A as cnnctl runs by default (engine.tune_cpu_allocator
+whole ``cnnctl train`` processes, alternating A B A B: A as cnnctl runs by default (runtime.tune_cpu_allocator
 raises glibc's mmap and trim thresholds), B with ``CNNCTL_DEFAULT_MALLOC=1``. Everything else is identical
 (seed, data, threads). Prints the median training seconds per epoch (metrics.csv's ``epoch_seconds``) of each
 and the per-pair speed ratio B / A.

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_loop.py [--repeats 5] [--epochs 3] [--threads N] [--device cpu]
 
 For each model (lenet5 on MNIST-shaped data, resnet20 on CIFAR-shaped data) it alternates A B B A: A is
-``cnnctl.engine.fit`` (the code ``cnnctl train`` runs: progress, metrics.csv, checkpoints, summary.json; no
+``cnnctl.run.build_run`` + ``cnnctl.engine.fit`` + ``cnnctl.run.finish`` (the code ``cnnctl train`` runs: progress, metrics.csv, checkpoints, summary.json; no
 validation split so both sides do the same arithmetic), B is the hand-written loop on the same model, data,
 batch size, dtype and threads. It prints steady-state images/s of each (epochs after the first), the median
 ratio cnnctl / hand-written, and cnnctl's fixed overhead per epoch, measured as a marginal cost so one-time
@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnctl.config import Config
+from cnnctl.config import Config, resolve_run
 from cnnctl.data.base import DataBundle, TensorSplit
-from cnnctl.engine import build_run, fit, tune_cpu_allocator
+from cnnctl.engine import fit
+from cnnctl.run import build_run, finish
+from cnnctl.runtime import tune_cpu_allocator
 
 CASES = {
     # name: (arch, channels, side, samples, batch)
@@ -56,29 +58,24 @@ def config_for(arch: str, batch: int, epochs: int, device: str, **train: object)
 
 def run_cnnctl(cfg: Config, split: TensorSplit, out: Path) -> tuple[float, list[float]]:
     """Wall time of fit and its per-epoch training seconds (``train.compile`` honoured as ``cnnctl train`` does)."""
-    import cnnctl.data.base as data_base
+    import cnnctl.run as run_module
 
     # The bench feeds its own tensors through the real loader: swap load_data for one returning them.
-    original = data_base.load_data
+    original = run_module.load_data
 
     def load(_cfg, _seed):
         return DataBundle("bench", [str(i) for i in range(10)], split.images.shape[1], tuple(split.images.shape[2:]),
                           [0.0] * split.images.shape[1], [1.0] * split.images.shape[1], split, None, None)
 
-    import cnnctl.engine as engine
-
-    engine.load_data = load
+    run_module.load_data = load
     try:
         start = time.perf_counter()
-        run = build_run(cfg)
-        if cfg.train.compile:
-            run.train_module = torch.compile(run.model)
-        run_dir = out / f"run-{time.monotonic_ns()}"
-        run_dir.mkdir(parents=True)
-        summary = fit(run, run_dir, resume_command="")
+        run = build_run(resolve_run(cfg, out=str(out), name=f"run-{time.monotonic_ns()}").config)
+        fit(run)
+        summary = finish(run, wall_seconds=time.perf_counter() - start)
         wall = time.perf_counter() - start
     finally:
-        engine.load_data = original
+        run_module.load_data = original
     import csv
 
     rows = list(csv.DictReader((Path(summary["run_dir"]) / "metrics.csv").open()))
@@ -126,7 +123,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    # Both sides share the process, so both get the allocator settings cnnctl makes (engine.tune_cpu_allocator;
+    # Both sides share the process, so both get the allocator settings cnnctl makes (runtime.tune_cpu_allocator;
     # scripts/bench_allocator.py measures what they are worth); set CNNCTL_DEFAULT_MALLOC=1 to run both without.
     tune_cpu_allocator()
     if args.threads:

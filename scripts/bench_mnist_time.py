@@ -37,25 +37,29 @@ def test_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def run_cnnctl(config, test_x, test_y, target: float, out: Path) -> tuple[float | None, int]:
     """Seconds of cnnctl training until the test accuracy first reaches ``target``, and the epoch."""
-    from cnnctl.engine import build_run, fit
+    from cnnctl.config import resolve_run
+    from cnnctl.engine import fit
+    from cnnctl.hooks import Hook
+    from cnnctl.run import build_run
 
-    state = {"start": time.perf_counter(), "excluded": 0.0, "reached": None, "epoch": 0}
-    run = build_run(config)
+    class TimeToTarget(Hook):
+        """Stops the run once the test accuracy reaches ``target``; its own test passes are not timed."""
 
-    def on_epoch(row: dict) -> str | None:
-        t = time.perf_counter()
-        elapsed = t - state["start"] - state["excluded"]  # training time so far, earlier test passes excluded
-        acc = test_accuracy(run.model, test_x, test_y)
-        state["excluded"] += time.perf_counter() - t
-        if acc >= target and state["reached"] is None:
-            state["reached"], state["epoch"] = elapsed, row["epoch"]
-            return f"reached {acc:.4f}"
-        return None
+        def __init__(self) -> None:
+            self.start, self.excluded, self.reached, self.epoch = time.perf_counter(), 0.0, None, 0
 
-    run_dir = out / f"run-{time.monotonic_ns()}"
-    run_dir.mkdir(parents=True)
-    fit(run, run_dir, resume_command="", on_epoch=on_epoch)
-    return state["reached"], state["epoch"]
+        def on_epoch_end(self, run, row: dict) -> None:
+            t = time.perf_counter()
+            elapsed = t - self.start - self.excluded  # training time so far, earlier test passes excluded
+            acc = test_accuracy(run.model, test_x, test_y)
+            self.excluded += time.perf_counter() - t
+            if acc >= target and self.reached is None:
+                self.reached, self.epoch = elapsed, row["epoch"]
+                run.stop_reason = f"reached {acc:.4f}"
+
+    timer = TimeToTarget()
+    fit(build_run(resolve_run(config, out=str(out), name=f"run-{time.monotonic_ns()}").config, hooks=[timer]))
+    return timer.reached, timer.epoch
 
 
 def run_hand(config, train_x: torch.Tensor, train_y: torch.Tensor, mean: float, std: float, test_x, test_y,

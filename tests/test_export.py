@@ -18,8 +18,9 @@ from cnnctl import __version__
 from cnnctl.checkpoint import FORMAT, save_checkpoint
 from cnnctl.config import Config
 from cnnctl.errors import CnnctlError
-from cnnctl.export import TOLERANCE, ExportError, export, export_metadata, onnx_predict, read_metadata
+from cnnctl.export import TOLERANCE, ExportError, export, export_metadata, read_metadata
 from cnnctl.models.registry import MODELS, create_model
+from cnnctl.predict import onnx_predict
 from tests.datafiles import write_image_folder
 
 HAS_EXTRA = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
@@ -223,7 +224,7 @@ def test_cli_export_prints_the_path_alone(cli, digits_ckpt, caplog, fmt, name):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--format", "tflite"], "--format must be one of onnx, torchscript"),
+    (["--format", "tflite"], "'tflite' is not one of 'onnx', 'torchscript'"),
     (["-o", "{run}/best.pt", "--format", "torchscript"], "is the checkpoint itself"),
 ], ids=["unknown-format", "output-is-the-checkpoint"])
 def test_cli_export_bad_arguments_exit_2(cli, digits_ckpt, args, message):

@@ -100,20 +100,20 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(reference, tmp_path)
 def test_in_process_crash_mid_epoch_resumes_exactly(reference, tmp_path, monkeypatch, cli):
     """A crash right after a mid-epoch save (step 7 of epoch 2) and one after an epoch-end save."""
     cfg, ref_dir = reference
-    import cnnctl.engine as engine
+    import cnnctl.run as run_module
 
     for crash_at in (len_of_epoch(cfg) + 7, 2 * len_of_epoch(cfg)):
         out = tmp_path / f"runs{crash_at}"
-        original = engine.save_checkpoint
+        original = run_module.save_checkpoint
 
         def crashing_save(path, ckpt, crash_at=crash_at, original=original):
             original(path, ckpt)
             if ckpt["step"] == crash_at and Path(path).name == "last.pt":
                 raise KeyboardInterrupt  # stands for the process dying right after the save
 
-        monkeypatch.setattr(engine, "save_checkpoint", crashing_save)
+        monkeypatch.setattr(run_module, "save_checkpoint", crashing_save)
         assert cli("train", cfg, "--out", out).exit_code == 130
-        monkeypatch.setattr(engine, "save_checkpoint", original)
+        monkeypatch.setattr(run_module, "save_checkpoint", original)
         assert load_checkpoint(out / "exact" / "last.pt")["step"] == crash_at
         result = cli("train", "--resume", out / "exact")
         assert result.exit_code == 0, result.output
@@ -180,8 +180,6 @@ def test_signal_saves_and_prints_resume_command(tmp_path, sig, code):
 
 
 def test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint(tmp_path, cli, monkeypatch):
-    import cnnctl.engine as engine
-
     class ExplodingLoss(torch.nn.CrossEntropyLoss):
         """The real loss, turned to NaN from the 50th call on (epoch 2): as a diverging run would."""
 
@@ -192,7 +190,7 @@ def test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint(tmp_path, cli, mo
             loss = super().forward(logits, target)
             return loss * float("nan") if ExplodingLoss.calls >= 50 else loss
 
-    monkeypatch.setattr(engine.nn, "CrossEntropyLoss", ExplodingLoss)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", ExplodingLoss)
     cfg = write_config(tmp_path / "nan.yaml", """\
 data: {dataset: digits, batch_size: 32}
 model: {arch: lenet5}

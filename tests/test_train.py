@@ -174,7 +174,7 @@ def test_compile_trains_and_evaluates_through_the_compiled_module(cli, tmp_path,
 @pytest.mark.parametrize("env, expected", [({}, "True"), ({"CNNCTL_DEFAULT_MALLOC": "1"}, "False")])
 def test_cpu_allocator_tuning_and_its_opt_out(env, expected):
     """A fresh process: the thresholds are raised once (mallopt succeeds), or left alone with the opt-out."""
-    code = "from cnnctl.engine import tune_cpu_allocator as t; print(t(), t())"
+    code = "from cnnctl.runtime import tune_cpu_allocator as t; print(t(), t())"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**{k: v for k, v in os.environ.items() if k != "CNNCTL_DEFAULT_MALLOC"}, **env})
     assert proc.returncode == 0, proc.stderr

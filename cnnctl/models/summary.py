@@ -477,7 +477,7 @@ def check_input(model: nn.Module, *, arch: str, in_channels: int, image_size: tu
 
 def network_summary(cfg: Any, *, explain_layers: bool = False) -> tuple[dict[str, Any], str]:
     """``cnnctl summary``: the config's network on the data's input shape; returns (JSON document, text)."""
-    from cnnctl.data.registry import input_spec
+    from cnnctl.data.spec import input_spec
     from cnnctl.models.registry import create_model
 
     channels, size, classes = input_spec(cfg.data)

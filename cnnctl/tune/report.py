@@ -155,10 +155,9 @@ def param_importances(study: Any, params: list[Param]) -> dict[str, Any]:
 
 def plot_history(rows: list[dict[str, Any]], path: Path, *, metric: str, direction: str, title: str) -> Path:
     """Each trial's value by trial number (completed and pruned) and the best-so-far line of completed trials."""
-    from cnnctl.plots import _integer_epochs, _pyplot, _save
+    from cnnctl.plots import integer_epochs, save_figure, subplots
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=HISTORY_FIGSIZE, layout="constrained")
+    fig, ax = subplots(figsize=HISTORY_FIGSIZE)
     done = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
     pruned = [r for r in rows if r["state"] == "pruned" and r["value"] is not None]
     if done:
@@ -181,11 +180,11 @@ def plot_history(rows: list[dict[str, Any]], path: Path, *, metric: str, directi
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{metric} (best epoch)")
     ax.set_title(f"{title}: {metric}, {direction}")
-    _integer_epochs(ax)
+    integer_epochs(ax)
     ax.grid(alpha=0.3)
     if done or pruned:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def ensemble(members: list[dict[str, Any]], study_dir: Path, metric: str, device: str) -> dict[str, Any] | None:

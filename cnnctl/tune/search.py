@@ -18,6 +18,7 @@ from typing import Any
 
 from cnnctl.config import Config, load_config
 from cnnctl.errors import CnnctlError, TrainingError, UsageError, first_line
+from cnnctl.hooks import Hook
 from cnnctl.registry import did_you_mean
 from cnnctl.tune.report import format_value, report, trial_rows, update_summary, write_text
 from cnnctl.tune.space import (
@@ -38,17 +39,17 @@ FINISHED = ("complete", "pruned", "failed")
 DEFAULT_TRIALS = 20  # random/tpe without --trials or --timeout
 
 
-def _train_trial(cfg: Config, on_epoch: _Pruning) -> dict[str, Any]:
-    """The one call into the training engine: train ``cfg`` (its run name and out folder set) and return the
-    run's summary; ``on_epoch`` sees each epoch's metrics row and may stop the run with a sentence."""
-    from cnnctl.engine import train
+def _train_trial(cfg: Config, pruning: _Pruning) -> dict[str, Any]:
+    """The one call into the training engine: train ``cfg`` (its run name and out folder set) with the pruning
+    hook and return the run's summary."""
+    from cnnctl.run import train
 
-    return train(cfg, on_epoch=on_epoch)
+    return train(cfg, hooks=[pruning])
 
 
 def _new_study_dir(out: Path, name: str) -> Path:
     """``OUT/NAME``, or ``NAME-2``... when it exists: an in-memory study starts afresh."""
-    from cnnctl.engine import new_run_dir
+    from cnnctl.run import new_run_dir
 
     return new_run_dir(out, name)
 
@@ -57,16 +58,23 @@ class _TrialFailed(Exception):
     """A trial whose run raised CnnctlError: optuna marks it failed and the study goes on."""
 
 
-class _Pruning:
-    """Sees each epoch's metrics row of one trial: reports the metric to optuna and, when the pruner says so,
-    returns the sentence that stops the run (as early stopping would)."""
+class _Pruning(Hook):
+    """A training hook: sees each epoch's metrics row of one trial, reports the metric to optuna and, when the
+    pruner says so, stops the run with a sentence (as early stopping would)."""
 
     def __init__(self, trial: Any, metric: str) -> None:
         self.trial, self.metric = trial, metric
         self.rows: list[dict[str, Any]] = []
         self.reason: str | None = None
 
-    def __call__(self, row: dict[str, Any]) -> str | None:
+    def on_epoch_end(self, run: Any, row: dict[str, Any]) -> None:
+        if run.stop_reason is None:
+            reason = run.dist.broadcast_reason(self.decide(row))
+            if reason:
+                run.stop_reason = reason
+
+    def decide(self, row: dict[str, Any]) -> str | None:
+        """Report ``row``'s metric; the sentence that stops the trial when the pruner says so."""
         self.rows.append(row)
         value = row.get(self.metric)
         if value is None or not math.isfinite(value):

@@ -1,4 +1,5 @@
-"""Early stopping and best-metric tracking: stop epochs for given sequences, state round-trips."""
+"""Hooks: early stopping and best-metric tracking (stop epochs for given sequences, state round-trips), the
+hook interface's events as the loop calls them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import math
 
 import pytest
 
-from cnnctl.callbacks import BestMetric, EarlyStopping, resolve_mode
+from cnnctl.errors import UsageError
+from cnnctl.hooks import BestMetric, EarlyStopping, Hook, resolve_mode, steps_hooks
 
 # (monitor, mode, patience, min_delta, values, expected stop epoch or None)
 CASES = [
@@ -55,7 +57,26 @@ def test_best_metric_and_modes():
     again.load_state_dict(best.state_dict())
     assert again.state_dict() == best.state_dict()
     assert resolve_mode("train_loss", "auto") == "min"
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="mode must be auto, min or max"):
         resolve_mode("val_loss", "up")
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="patience must be at least 1"):
         EarlyStopping(patience=0)
+
+
+@pytest.mark.parametrize("values", [[1.0, 0.9, 0.95, 0.96], [1.0, 0.9, 0.95, math.nan]])
+def test_patience_running_out_at_the_last_epoch_is_not_an_early_stop(values):
+    es = EarlyStopping("val_loss", patience=2)
+    decisions = [es.step(v, e, last=e == len(values)) for e, v in enumerate(values, 1)]
+    assert decisions == [(False, None)] * len(values)
+    assert es.stopped_epoch is None
+    early = EarlyStopping("val_loss", patience=2)
+    assert [early.step(v, e)[0] for e, v in enumerate(values, 1)][-1]  # the same values, epochs to come: it stops
+
+
+def test_only_hooks_with_a_step_event_run_per_step():
+    class Counter(Hook):
+        def on_step_end(self, run, state):
+            pass
+
+    counter, plain, best = Counter(), Hook(), BestMetric("val_acc")
+    assert steps_hooks([plain, counter, best]) == [counter]

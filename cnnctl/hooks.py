@@ -1,0 +1,404 @@
+"""What happens during training besides the optimizer step, as small objects the loop calls at named events.
+
+The loop (``engine.fit``) calls, on every hook of ``run.hooks`` in list order:
+
+| event | when | typical use |
+|---|---|---|
+| ``on_train_start(run)`` | once, before the first step | open a writer, install signal handlers |
+| ``on_epoch_start(run, state)`` | before each epoch's first step (``state.step`` > 0 on a mid-epoch resume) | a progress bar |
+| ``on_step_end(run, state)`` | after every optimizer step (``run.step`` already counts it) | lr schedule, step checkpoints |
+| ``on_epoch_end(run, row)`` | after each epoch's validation; ``row`` is its metrics.csv row, in ``run.history`` | early stopping, metrics.csv, checkpoints |
+| ``on_train_end(run)`` | once, when the loop returns or raises | close files, restore handlers |
+
+A hook steers the loop only through ``run``: ``run.stop_reason = "..."`` ends training after this epoch (early
+stopping, a pruner); ``run.stop_after_step = True`` ends the epoch after this step (interruption), the hook having
+saved what must be kept. A hook with state that must survive a resume names it ``key``: its ``state_dict()`` is
+stored in the checkpoint under ``callbacks[key]`` and handed back to ``load_state_dict`` on resume.
+
+Per step the hooks run on the hot path: they must not synchronise with the device unless it is due (see
+``Progress``). Only hooks that override ``on_step_end`` are called per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnctl.config import is_finite_number
+from cnnctl.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from cnnctl.engine import EpochState
+    from cnnctl.run import Run
+
+log = logging.getLogger("cnnctl")
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
+REFRESH_SECONDS = 1.0
+
+
+class Hook:
+    """The base: every event does nothing. Subclass it and override the events you need."""
+
+    key: str | None = None  # where the checkpoint keeps this hook's state (None: it has none)
+
+    def on_train_start(self, run: Run) -> None:
+        pass
+
+    def on_epoch_start(self, run: Run, state: EpochState) -> None:
+        pass
+
+    def on_step_end(self, run: Run, state: EpochState) -> None:
+        pass
+
+    def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
+        pass
+
+    def on_train_end(self, run: Run) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def steps_hooks(hooks: list[Hook]) -> list[Hook]:
+    """The hooks that do something per step (the rest are skipped on the hot path)."""
+    return [h for h in hooks if type(h).on_step_end is not Hook.on_step_end]
+
+
+# ---------------------------------------------------------------- best metric, early stopping
+
+
+def resolve_mode(monitor: str, mode: str) -> str:
+    """``auto`` means ``min`` for a loss and ``max`` for an accuracy."""
+    if mode not in ("auto", "min", "max"):
+        raise UsageError(f"mode must be auto, min or max, not {mode!r}")
+    if mode == "auto":
+        return "min" if monitor.endswith("loss") else "max"
+    return mode
+
+
+class BestMetric(Hook):
+    """Tracks the best value of one monitored metric and the epoch it came at (which decides best.pt)."""
+
+    key = "best"
+
+    def __init__(self, monitor: str, mode: str = "auto", min_delta: float = 0.0) -> None:
+        self.monitor = monitor
+        self.mode = resolve_mode(monitor, mode)
+        self.min_delta = min_delta
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def improves(self, value: float) -> bool:
+        if not is_finite_number(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record ``value`` for ``epoch``; True when it is a new best."""
+        if self.improves(value):
+            self.best, self.best_epoch = value, epoch
+            return True
+        return False
+
+    def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
+        self.update(row[self.monitor], run.epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "mode": self.mode, "best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
+        self.best_epoch = state.get("best_epoch")
+
+
+class EarlyStopping(Hook):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs."""
+
+    key = "early_stopping"
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 5, min_delta: float = 0.0,
+                 restore_best: bool = True) -> None:
+        if patience < 1:
+            raise UsageError(f"patience must be at least 1, not {patience}")
+        self.tracker = BestMetric(monitor, mode, min_delta)
+        self.patience = patience
+        self.restore_best = restore_best
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    @property
+    def monitor(self) -> str:
+        return self.tracker.monitor
+
+    def step(self, value: float, epoch: int, *, last: bool = False) -> tuple[bool, str | None]:
+        """Feed one epoch's value; returns ``(should_stop, reason)``, the reason a sentence a person can read.
+
+        ``last``: this is the run's last configured epoch, so it ends here anyway: patience running out now is
+        not an early stop.
+        """
+        if not is_finite_number(value):
+            if last:
+                return False, None
+            self.stopped_epoch = epoch
+            return True, f"{self.monitor} is {value} at epoch {epoch}; stopping."
+        if self.tracker.update(value, epoch):
+            self.wait = 0
+            return False, None
+        self.wait += 1
+        if self.wait >= self.patience and not last:
+            self.stopped_epoch = epoch
+            best = self.tracker.best
+            return True, (
+                f"{self.monitor} did not improve by more than {self.tracker.min_delta} for {self.patience} epochs "
+                f"(best {best:.4f} at epoch {self.tracker.best_epoch}); stopping at epoch {epoch}."
+            )
+        return False, None
+
+    def restart_patience(self) -> None:
+        """A run extended on resume (``--set train.epochs=N``) gets a fresh patience count."""
+        self.wait, self.stopped_epoch = 0, None
+
+    def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
+        stop, reason = self.step(row[self.monitor], run.epoch, last=run.epoch >= run.config.train.epochs)
+        reason = run.dist.broadcast_reason(reason if stop else None)  # rank 0 decides for all
+        if reason is not None:
+            run.stop_reason = reason
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.tracker.state_dict(), "wait": self.wait, "patience": self.patience,
+                "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state)
+        self.wait = state.get("wait", 0)
+        self.stopped_epoch = state.get("stopped_epoch")
+
+
+# ---------------------------------------------------------------- the lr schedule
+
+
+class LRSchedule(Hook):
+    """The one place the lr schedule steps: at the end of every optimizer step (``interval == "step"``), or at the
+    end of each epoch with its metrics (``"epoch"``, plateau). Keep it first: later hooks read the new lr."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.per_step = scheduler.interval == "step"
+
+    def on_step_end(self, run: Run, state: EpochState) -> None:
+        if self.per_step:
+            self.scheduler.step()
+
+    def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
+        if not self.per_step:
+            self.scheduler.step(row)
+
+
+# ---------------------------------------------------------------- progress, metrics, TensorBoard
+
+
+class Progress(Hook):
+    """A tqdm bar on a terminal (rank 0), nothing per step otherwise. Loss and accuracy are read from the device
+    at most once a second (``REFRESH_SECONDS``), when the non-finite check runs too."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar: Any = None
+        self.last = time.monotonic()
+        self.t0 = time.perf_counter()
+
+    def on_epoch_start(self, run: Run, state: EpochState) -> None:
+        self.t0 = self.last = time.perf_counter()
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=len(run.train_loader), initial=state.step, leave=False, dynamic_ncols=True,
+                            desc=f"epoch {run.epoch + 1}/{run.config.train.epochs}", unit="batch")
+
+    def on_step_end(self, run: Run, state: EpochState) -> None:
+        now = time.perf_counter()
+        if now - self.last < REFRESH_SECONDS:
+            return
+        self.last = now
+        state.check_finite(run.epoch, kept=run.has_checkpoint())
+        if self.bar is not None:
+            loss, acc, n = state.totals()  # a device sync, once a second
+            self.bar.update(state.step - self.bar.n)
+            self.bar.set_postfix({"loss": f"{loss:.4f}", "acc": f"{acc:.2%}", "lr": f"{run.scheduler.lr:.3g}",
+                                  "img/s": f"{n / max(now - self.t0, 1e-9):.0f}"}, refresh=False)
+
+    def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
+        self._close()
+
+    def on_train_end(self, run: Run) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class MetricsCSV(Hook):
+    """metrics.csv rewritten whole after each epoch (atomically: a kill never leaves half a row) and the epoch's
+    log line. Rank 0 only."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
+        write_metrics(self.run_dir, run.history)
+        improved = run.best.best_epoch == run.epoch
+        log.info(epoch_line(row, run.config.train.epochs, run.train_loader.num_samples, improved))
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    from cnnctl.checkpoint import write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: _csv_value(row.get(k)) for k in METRIC_COLUMNS})
+    write_text(run_dir / "metrics.csv", buffer.getvalue())
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def epoch_line(row: dict[str, Any], epochs: int, samples: int, improved: bool) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}", f"train_acc {row['train_acc']:.2%}"]
+    if row["val_loss"] is not None:
+        parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_acc']:.2%}"]
+    parts += [f"lr {row['lr']:.3g}", f"{samples / max(row['epoch_seconds'], 1e-9):,.0f} img/s",
+              f"{row['epoch_seconds']:.1f}s"]
+    return "  ".join(parts) + ("  *" if improved else "")
+
+
+class TensorBoard(Hook):
+    """``train.tensorboard: true``: each epoch's metrics row as scalars and a histogram of every weight, under
+    RUN/tensorboard. Rank 0 only."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.writer: Any = None
+        require_tensorboard()  # the install hint before anything is written
+
+    def on_train_start(self, run: Run) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
+        epoch = row["epoch"]
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            if row.get(key) is not None:
+                self.writer.add_scalar(key.replace("_", "/", 1) if key != "lr" else "lr", row[key], epoch)
+        for name, param in run.model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), epoch)
+        self.writer.flush()
+
+    def on_train_end(self, run: Run) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def require_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401  (torch's SummaryWriter needs it)
+    except ImportError:
+        raise ConfigError("train.tensorboard: true needs the tensorboard package: pip install 'cnnctl[tensorboard]' "
+                          "(or set train.tensorboard: false)") from None
+
+
+# ---------------------------------------------------------------- checkpoints and interruption
+
+
+class StepCheckpoint(Hook):
+    """``train.checkpoint.save_every_steps: N``: last.pt (with the partial epoch) every N optimizer steps."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def on_step_end(self, run: Run, state: EpochState) -> None:
+        if run.step - run.last_saved_step >= self.every and state.step < len(run.train_loader):
+            state.check_finite(run.epoch, kept=run.has_checkpoint())
+            run.save("last.pt", partial=state)
+
+
+class EpochCheckpoint(Hook):
+    """best.pt when the monitored metric improved; last.pt every ``save_every`` epochs, at the last epoch and when
+    training stops. Put it after the hooks that decide to stop."""
+
+    def __init__(self, save_every: int) -> None:
+        self.save_every = save_every
+
+    def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
+        names = ["best.pt"] if run.best.best_epoch == run.epoch else []
+        if run.epoch % self.save_every == 0 or run.epoch >= run.config.train.epochs or run.stop_reason:
+            names.append("last.pt")
+        if names:
+            run.save(*names)
+
+
+class Interruption(Hook):
+    """SIGINT / SIGTERM: the first asks the loop to stop after the current step, saving last.pt there; a second
+    exits at once (the last checkpoint stays as it is). The loop then returns and the caller raises
+    ``errors.Interrupted``; nothing is raised from inside the loop."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._run: Run | None = None
+
+    def on_train_start(self, run: Run) -> None:
+        self._run = run
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        run = self._run
+        if run is None or run.interrupted is not None:  # second signal: leave now
+            os._exit(128 + signum)
+        run.interrupted = signum
+        log.warning("%s received: finishing this step and saving last.pt (press Ctrl-C again to quit at once)",
+                    signal.Signals(signum).name)
+
+    def on_step_end(self, run: Run, state: EpochState) -> None:
+        if run.interrupted is not None:
+            state.check_finite(run.epoch, kept=run.has_checkpoint())
+            if run.last_saved_step != run.step:
+                run.save("last.pt", partial=state)
+            run.stop_after_step = True
+
+    def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
+        if run.interrupted is not None and run.last_saved_step != run.step:
+            run.save("last.pt")
+
+    def on_train_end(self, run: Run) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

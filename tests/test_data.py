@@ -486,6 +486,24 @@ def test_load_image_modes(tmp_path):
                                                                           [5, 8], antialias=True))
 
 
+@pytest.mark.parametrize("name", ["photo.jpg", "photo.png", "photo.webp", "photo.tif"])
+def test_load_image_applies_the_orientation_wherever_the_format_keeps_it(tmp_path, name):
+    # JPEG/WebP keep EXIF in the header, PNG in an eXIf chunk after the pixels, TIFF in its own tags: the fast
+    # path must still see each one.
+    pixels = np.zeros((6, 10, 3), dtype=np.uint8)
+    pixels[0, 0] = 255  # one white corner, to tell the rotation
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    path = tmp_path / name
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), **({"quality": 100} if name.endswith("jpg") else {}))
+    out = load_image(path, 3)
+    assert out.shape == (3, 10, 6)
+    assert out[:, 0, -1].min() > 200 and out[:, 0, 0].max() < 50  # the corner went top-right
+    plain = tmp_path / ("plain" + Path(name).suffix)
+    Image.fromarray(pixels).save(plain)
+    assert load_image(plain, 3).shape == (3, 6, 10)
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

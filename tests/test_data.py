@@ -360,7 +360,7 @@ def test_distributed_shards_cover_the_global_batch():
 def test_imagefolder_one_pool_rgb_and_file_loader(tmp_path):
     write_image_folder(tmp_path, {"cat": 20, "dog": 30, "eel": 10}, channels=3, size=(12, 10))
     (tmp_path / "cat" / "notes.txt").write_text("not an image, ignored")
-    cfg = data_cfg(dataset="imagefolder", root=str(tmp_path), val_split=0.2, test_split=0.25,
+    cfg = data_cfg(dataset="imagefolder", root=str(tmp_path), val_split=0.2, test_split=0.25, cache="none",
                    augment={"crop_padding": 2, "hflip": True})
     bundle = load_data(cfg, seed=0)
     assert bundle.classes == ["cat", "dog", "eel"] and bundle.channels == 3 and bundle.size == (12, 10)
@@ -389,7 +389,7 @@ def test_imagefolder_split_layout_grayscale(tmp_path):
     write_image_folder(tmp_path / "train", {"a": 6, "b": 6}, channels=1, size=(9, 9))
     write_image_folder(tmp_path / "val", {"a": 2, "b": 3}, channels=1, size=(9, 9))
     write_image_folder(tmp_path / "test", {"b": 4}, channels=1, size=(14, 14))
-    cfg = data_cfg(dataset="imagefolder", root=str(tmp_path), channels=1, image_size=8, val_split=0.5)
+    cfg = data_cfg(dataset="imagefolder", root=str(tmp_path), channels=1, image_size=8, val_split=0.5, cache="none")
     bundle = load_data(cfg, seed=0)
     assert bundle.classes == ["a", "b"] and bundle.channels == 1 and bundle.size == (8, 8)
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (12, 5, 4)  # val/ is used, not split off
@@ -403,7 +403,7 @@ def test_imagefolder_split_layout_grayscale(tmp_path):
     assert torch.equal(torch.cat([x for x, _ in batches]), expected)
     # no val/: it is split off train/
     shutil.rmtree(tmp_path / "val")
-    rgb = load_data(data_cfg(dataset="imagefolder", root=str(tmp_path), val_split=0.5), seed=0)
+    rgb = load_data(data_cfg(dataset="imagefolder", root=str(tmp_path), val_split=0.5, cache="none"), seed=0)
     assert rgb.channels == 3 and rgb.size == (9, 9) and len(rgb.train) == 6  # default channels: 3
 
 

@@ -142,15 +142,20 @@ def split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split | 
 # ---------------------------------------------------------------- load_data
 
 
-def load_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """Load ``cfg.dataset``, hold out the validation split, resize, and fix the normalization.
+def load_data(cfg: DataConfig, seed: int, device: torch.device | str | None = None) -> DataBundle:
+    """Load ``cfg.dataset``, decode image files once (``cfg.cache``), hold out the validation split, resize, and fix
+    the normalization.
 
     The validation split is ``cfg.val_split`` of train, seeded and stratified, unless the dataset brings its own
     (an imagefolder ``val/``). ``normalize: auto`` computes the per-channel mean and std of the train split.
+    ``device``: where the data will be used, for ``cache: auto``'s budget (None: the CPU).
     """
+    from cnnctl.data.cache import decode_once
     from cnnctl.data.registry import DATASETS
 
     bundle: DataBundle = DATASETS.get(cfg.dataset)(cfg, seed)
+    # Before the validation split: the cache is keyed by every file of the folder, whatever val_split and seed.
+    decode_once(bundle, cfg, device)
     if bundle.val is None and cfg.val_split > 0:
         bundle.train, bundle.val = split_off(bundle.train, cfg.val_split, derive_seed(seed, "val"))
     if len(bundle.train) == 0:

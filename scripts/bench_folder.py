@@ -124,10 +124,10 @@ def train_epochs(cfg: Config, tensors: DataBundle | None = None) -> list[float]:
     return [float(r["epoch_seconds"]) for r in rows]
 
 
-def timed(fn) -> tuple[float, object]:
+def load_seconds(cfg) -> float:
     start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
+    load_data(cfg, 0)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -166,9 +166,9 @@ def main() -> None:
                     ips[v].append(n / statistics.median(epochs[1:]))
                     if v == "stream":
                         starts["stream_epoch"].append(epochs[0])
-                starts["scan"].append(timed(lambda: load_data(cfg["stream"].data, 0))[0])
-                starts["decode"].append(timed(lambda: load_data(cfg["memory"].data, 0))[0])
-                starts["disk"].append(timed(lambda: load_data(disk_cfg, 0))[0])
+                starts["scan"].append(load_seconds(cfg["stream"].data))
+                starts["decode"].append(load_seconds(cfg["memory"].data))
+                starts["disk"].append(load_seconds(disk_cfg))
             ratio = {
                 "memory_vs_tensor": [m / t for m, t in zip(ips["memory"], ips["tensor"], strict=True)],
                 "memory_vs_stream": [m / s for m, s in zip(ips["memory"], ips["stream"], strict=True)],

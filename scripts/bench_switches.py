@@ -28,6 +28,7 @@ VARIANTS = {
     "channels_last": {"precision": "fp32", "channels_last": True},
     "bf16+channels_last": {"precision": "bf16", "channels_last": True},
     "compile": {"precision": "fp32", "channels_last": False, "compile": True},
+    "bf16+channels_last+compile": {"precision": "bf16", "channels_last": True, "compile": True},
 }
 
 
@@ -60,9 +61,9 @@ def main() -> None:
     for name in args.variants:
         ips = n / statistics.median(steady[name])
         results[name] = {"images_per_s": round(ips, 1), "vs_fp32": round(ips / base, 3) if base else None}
-        if name == "compile":
+        if "compile" in name:
             results[name]["compile_s"] = round(statistics.median(f - s for f, s in zip(first[name], steady[name], strict=True)), 2)
-        extra = f", compile {results[name]['compile_s']:.1f} s" if name == "compile" else ""
+        extra = f", compile {results[name]['compile_s']:.1f} s" if "compile" in name else ""
         print(f"{args.case} {name}: {ips:,.0f} img/s" + (f" ({ips / base:.3f}x fp32)" if base else "") + extra,
               flush=True)
     print(json.dumps({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

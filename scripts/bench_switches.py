@@ -40,11 +40,12 @@ def main() -> None:
     parser.add_argument("--case", default="resnet20-cifar", choices=list(CASES))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--samples", type=int, default=None, help="images per epoch (default: the case's)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the case's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     arch, channels, side, n, batch = CASES[args.case]
-    n = args.samples or n
+    n, batch = args.samples or n, args.batch or batch
     split = synthetic(channels, side, n)
     steady: dict[str, list[float]] = {v: [] for v in args.variants}
     first: dict[str, list[float]] = {v: [] for v in args.variants}

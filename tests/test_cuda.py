@@ -67,9 +67,13 @@ def bf16_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("arch", ["lenet5", "resnet20"])
+# Every precision with and without channels_last on lenet5; resnet20 (batch norm, residuals) in three of them.
+MATRIX = [("lenet5", p, cl) for p in ("fp32", "bf16", "fp16") for cl in (False, True)] + [
+    ("resnet20", "fp32", False), ("resnet20", "bf16", True), ("resnet20", "fp16", True)]
+
+
+@pytest.mark.parametrize(("arch", "precision", "channels_last"), MATRIX,
+                         ids=[f"{a}-{p}-{'cl' if cl else 'nchw'}" for a, p, cl in MATRIX])
 def test_train_resume_eval_predict_on_cuda(cli, tmp_path, arch, precision, channels_last):
     if precision == "bf16" and not bf16_supported():
         pytest.skip("this GPU has no bf16")

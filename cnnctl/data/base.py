@@ -2,8 +2,9 @@
 
 Every dataset but ``imagefolder`` fits in memory, so it is one uint8 tensor and batches are cut from it by
 indexing, on the device when it is a GPU (as in airbench and nanoGPT: uint8 moves and indexes four times cheaper
-than float32, and a DataLoader's per-image work is the bottleneck on these small images). ``imagefolder`` streams
-its files through a DataLoader. Both loaders share the batch plan, the normalization and the augmentation, so an
+than float32, and a DataLoader's per-image work is the bottleneck on these small images). ``imagefolder`` is
+decoded once into such a tensor when ``data.cache`` says so (cnnctl/data/cache.py), else streams its files through
+a DataLoader. Both loaders share the batch plan, the normalization and the augmentation, so an
 epoch of either is a pure function of ``(seed, epoch)``: ``batches(epoch, start=k)`` yields exactly the batches
 ``k..`` of a full pass, which is what a mid-epoch resume needs.
 """

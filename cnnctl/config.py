@@ -82,6 +82,10 @@ class DataConfig(Section):
     normalize: Literal["auto", "none"] | Normalize = "auto"
     augment: Augment = Field(default_factory=Augment)
     workers: Literal["auto"] | Annotated[int, Field(ge=0, le=256)] = "auto"
+    # imagefolder: decode every image once into memory (memory), and keep that on disk (disk), or stream (none);
+    # auto: memory when it fits (cnnctl/data/cache.py). cache_dir: where disk keeps it (default ROOT/.cnnctl-cache).
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    cache_dir: str | None = None
 
     @field_validator("dataset")
     @classmethod
@@ -100,6 +104,12 @@ class DataConfig(Section):
                     raise ValueError(f"{key} is for dataset 'fake' only; {self.dataset} knows its own; remove it")
         if self.channels is not None and self.dataset not in ("fake", "imagefolder"):
             raise ValueError(f"channels is for 'imagefolder' and 'fake' only; {self.dataset} has its own; remove it")
+        if self.cache not in ("auto", "memory") and self.dataset != "imagefolder":
+            raise ValueError(f"cache: {self.cache} is for 'imagefolder' only; {self.dataset} is always held in memory; "
+                             "remove it")
+        if self.cache_dir is not None and self.cache != "disk":
+            raise ValueError(f"cache_dir is where cache: disk keeps decoded images, but cache is {self.cache}; set "
+                             "cache: disk or remove cache_dir")
         return self
 
 

@@ -1,6 +1,7 @@
 """Inference throughput: cnnctl's eval and predict paths against the bare model, side by side in one process.
 
     .venv/bin/python scripts/bench_infer.py [--repeats 5] [--images 10000] [--files 1000] [--arch lenet5]
+                                            [--paths eval predict]
 
 - eval: ``cnnctl.engine.evaluate`` over the loader ``cnnctl eval`` uses (uint8 images normalized per batch,
   loss, top-5 and confusion matrix accumulated) against ``model(x)`` under ``torch.inference_mode()`` on the same
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1_000)
     parser.add_argument("--arch", default="lenet5")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--paths", nargs="*", default=["eval", "predict"], choices=["eval", "predict"])
     args = parser.parse_args()
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -92,7 +94,9 @@ def main() -> None:
             return args.files / (time.perf_counter() - start)
 
         results = {}
-        for name, a, b in (("eval", cnnctl_eval, bare_forward), ("predict", cnnctl_predict, hand_predict)):
+        paths = {"eval": (cnnctl_eval, bare_forward), "predict": (cnnctl_predict, hand_predict)}
+        for name in args.paths:
+            a, b = paths[name]
             a(), b()  # warm-up
             def pair(r: int, a=a, b=b) -> tuple[float, float]:
                 """(a, b) run in the order A B, then B A: the second of two runs tends to be the faster."""

@@ -1,6 +1,6 @@
 """Time to 99.0% MNIST test accuracy: configs/lenet5-mnist.yaml through cnnctl against a hand-written loop.
 
-    .venv/bin/python scripts/bench_mnist_time.py [--repeats 2] [--target 0.99] [--shared ../shared/data]
+    .venv/bin/python scripts/bench_mnist_time.py [--repeats 2] [--target 0.99] [--shared ../shared/data] [--device cpu]
 
 Both sides use the same recipe (LeNet-5, Adam, one-cycle lr, batch 128, random crops with padding 2, the same
 54,000 training images, seed 0, the same data order and crop offsets) and the same threads, alternating
@@ -63,7 +63,7 @@ def run_cnnctl(config, test_x, test_y, target: float, out: Path) -> tuple[float 
 
 
 def run_hand(config, train_x: torch.Tensor, train_y: torch.Tensor, mean: float, std: float, test_x, test_y,
-             target: float) -> tuple[float | None, int]:
+             target: float, device: torch.device = torch.device("cpu")) -> tuple[float | None, int]:
     """The same recipe written out by hand: uint8 data in memory, per-batch crops, Adam + OneCycleLR.
 
     It draws each epoch's order and each batch's crop offsets from the same seeds as cnnctl (``derive_seed``), so
@@ -73,31 +73,35 @@ def run_hand(config, train_x: torch.Tensor, train_y: torch.Tensor, mean: float, 
     from cnnctl.models.registry import create_model
 
     torch.manual_seed(config.seed)
-    model = create_model(config.model, in_channels=1, image_size=(28, 28), num_classes=10)
+    model = create_model(config.model, in_channels=1, image_size=(28, 28), num_classes=10).to(device)
+    train_x, train_y, test_x, test_y = train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device)
     epochs, bs, pad = config.train.epochs, config.data.batch_size, config.data.augment.crop_padding
     steps = (len(train_y) + bs - 1) // bs
     opt = torch.optim.Adam(model.parameters(), lr=config.optimizer.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.optimizer.lr, total_steps=epochs * steps)
-    rows = torch.arange(28)
-    scale = (1 / (255 * torch.tensor(std, dtype=torch.float64))).float()
-    shift = (-torch.tensor(mean, dtype=torch.float64) / std).float()
+    rows = torch.arange(28, device=device)
+    scale = (1 / (255 * torch.tensor(std, dtype=torch.float64))).float().to(device)
+    shift = (-torch.tensor(mean, dtype=torch.float64) / std).float().to(device)
     start, excluded = time.perf_counter(), 0.0
     for epoch in range(epochs):
         perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(derive_seed(config.seed, "perm", epoch)))
+        perm = perm.to(device)
         for b, i in enumerate(range(0, len(perm), bs)):
             idx = perm[i: i + bs]
             if len(idx) < 2:
                 continue
             crops = torch.Generator().manual_seed(derive_seed(config.seed, "augment", epoch, b))
-            dy, dx = torch.randint(0, 2 * pad + 1, (len(idx), 2), generator=crops).unbind(1)
+            dy, dx = torch.randint(0, 2 * pad + 1, (len(idx), 2), generator=crops).to(device).unbind(1)
             x = F.pad(train_x.index_select(0, idx), (pad,) * 4)  # uint8, zero-padded as cnnctl pads
-            x = x[torch.arange(len(idx))[:, None, None], (dy[:, None] + rows)[:, :, None], (dx[:, None] + rows)[:, None, :]]
+            x = x[torch.arange(len(idx), device=device)[:, None, None], (dy[:, None] + rows)[:, :, None], (dx[:, None] + rows)[:, None, :]]
             x = x.float().mul_(scale).add_(shift)  # (x / 255 - mean) / std, rounded as cnnctl rounds it
             loss = F.cross_entropy(model(x[:, None]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the epoch's kernels are queued, not done, until here
         t = time.perf_counter()
         elapsed = t - start - excluded
         acc = test_accuracy(model, test_x, test_y)
@@ -113,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: both sides train there (fp32, NCHW on CUDA)")
     add_mnist_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -120,23 +125,27 @@ def main() -> None:
     from cnnctl.data.base import load_data, to_model_input
 
     stage_mnist(args.shared, args.root)
-    config, _ = load_config("lenet5-mnist", [f"data.root={args.root}", "train.checkpoint.monitor=val_acc"])
+    overrides = [f"data.root={args.root}", "train.checkpoint.monitor=val_acc", f"train.device={args.device}"]
+    if args.device.startswith("cuda"):  # the hand loop's arithmetic: fp32, NCHW (cnnctl's CUDA default is bf16)
+        overrides += ["train.precision=fp32", "train.channels_last=false"]
+    config, _ = load_config("lenet5-mnist", overrides)
+    device = torch.device(args.device)
     bundle = load_data(config.data, config.seed)
     mean, std = bundle.mean[0], bundle.std[0]
-    test_x = to_model_input(bundle.test.images, bundle.mean, bundle.std, torch.device("cpu"))
-    test_y = bundle.test.labels
+    test_x = to_model_input(bundle.test.images, bundle.mean, bundle.std, device)
+    test_y = bundle.test.labels.to(device)
     a_times, b_times = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             a, a_epoch = run_cnnctl(config, test_x, test_y, args.target, Path(tmp))
             b, b_epoch = run_hand(config, bundle.train.images[:, 0], bundle.train.labels, mean, std, test_x, test_y,
-                                  args.target)
+                                  args.target, device)
             print(f"repeat {r + 1}: cnnctl {a and round(a, 1)} s (epoch {a_epoch}), hand-written "
                   f"{b and round(b, 1)} s (epoch {b_epoch})", flush=True)
             if a is not None and b is not None:
                 a_times.append(a)
                 b_times.append(b)
-    result = {"target": args.target, "threads": torch.get_num_threads(), "repeats": args.repeats,
+    result = {"target": args.target, "device": args.device, "threads": torch.get_num_threads(), "repeats": args.repeats,
               "cnnctl_seconds": [round(t, 1) for t in a_times], "hand_seconds": [round(t, 1) for t in b_times]}
     if a_times:
         result["median_ratio"] = round(statistics.median(a / b for a, b in zip(a_times, b_times, strict=True)), 3)

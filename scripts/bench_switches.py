@@ -28,6 +28,7 @@ VARIANTS = {
     "channels_last": {"precision": "fp32", "channels_last": True},
     "bf16+channels_last": {"precision": "bf16", "channels_last": True},
     "compile": {"precision": "fp32", "channels_last": False, "compile": True},
+    "bf16+channels_last+compile": {"precision": "bf16", "channels_last": True, "compile": True},
 }
 
 
@@ -39,11 +40,12 @@ def main() -> None:
     parser.add_argument("--case", default="resnet20-cifar", choices=list(CASES))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--samples", type=int, default=None, help="images per epoch (default: the case's)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the case's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     arch, channels, side, n, batch = CASES[args.case]
-    n = args.samples or n
+    n, batch = args.samples or n, args.batch or batch
     split = synthetic(channels, side, n)
     steady: dict[str, list[float]] = {v: [] for v in args.variants}
     first: dict[str, list[float]] = {v: [] for v in args.variants}
@@ -60,9 +62,9 @@ def main() -> None:
     for name in args.variants:
         ips = n / statistics.median(steady[name])
         results[name] = {"images_per_s": round(ips, 1), "vs_fp32": round(ips / base, 3) if base else None}
-        if name == "compile":
+        if "compile" in name:
             results[name]["compile_s"] = round(statistics.median(f - s for f, s in zip(first[name], steady[name], strict=True)), 2)
-        extra = f", compile {results[name]['compile_s']:.1f} s" if name == "compile" else ""
+        extra = f", compile {results[name]['compile_s']:.1f} s" if "compile" in name else ""
         print(f"{args.case} {name}: {ips:,.0f} img/s" + (f" ({ips / base:.3f}x fp32)" if base else "") + extra,
               flush=True)
     print(json.dumps({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

@@ -360,7 +360,7 @@ def test_distributed_shards_cover_the_global_batch():
 def test_imagefolder_one_pool_rgb_and_file_loader(tmp_path):
     write_image_folder(tmp_path, {"cat": 20, "dog": 30, "eel": 10}, channels=3, size=(12, 10))
     (tmp_path / "cat" / "notes.txt").write_text("not an image, ignored")
-    cfg = data_cfg(dataset="imagefolder", root=str(tmp_path), val_split=0.2, test_split=0.25,
+    cfg = data_cfg(dataset="imagefolder", root=str(tmp_path), val_split=0.2, test_split=0.25, cache="none",
                    augment={"crop_padding": 2, "hflip": True})
     bundle = load_data(cfg, seed=0)
     assert bundle.classes == ["cat", "dog", "eel"] and bundle.channels == 3 and bundle.size == (12, 10)
@@ -389,7 +389,7 @@ def test_imagefolder_split_layout_grayscale(tmp_path):
     write_image_folder(tmp_path / "train", {"a": 6, "b": 6}, channels=1, size=(9, 9))
     write_image_folder(tmp_path / "val", {"a": 2, "b": 3}, channels=1, size=(9, 9))
     write_image_folder(tmp_path / "test", {"b": 4}, channels=1, size=(14, 14))
-    cfg = data_cfg(dataset="imagefolder", root=str(tmp_path), channels=1, image_size=8, val_split=0.5)
+    cfg = data_cfg(dataset="imagefolder", root=str(tmp_path), channels=1, image_size=8, val_split=0.5, cache="none")
     bundle = load_data(cfg, seed=0)
     assert bundle.classes == ["a", "b"] and bundle.channels == 1 and bundle.size == (8, 8)
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (12, 5, 4)  # val/ is used, not split off
@@ -403,7 +403,7 @@ def test_imagefolder_split_layout_grayscale(tmp_path):
     assert torch.equal(torch.cat([x for x, _ in batches]), expected)
     # no val/: it is split off train/
     shutil.rmtree(tmp_path / "val")
-    rgb = load_data(data_cfg(dataset="imagefolder", root=str(tmp_path), val_split=0.5), seed=0)
+    rgb = load_data(data_cfg(dataset="imagefolder", root=str(tmp_path), val_split=0.5, cache="none"), seed=0)
     assert rgb.channels == 3 and rgb.size == (9, 9) and len(rgb.train) == 6  # default channels: 3
 
 
@@ -484,6 +484,24 @@ def test_load_image_modes(tmp_path):
     # resizing is the same resize as load_data's
     assert torch.equal(load_image(tmp_path / "l.bmp", 1, (5, 8)), TF.resize(load_image(tmp_path / "l.bmp", 1),
                                                                           [5, 8], antialias=True))
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "photo.png", "photo.webp", "photo.tif"])
+def test_load_image_applies_the_orientation_wherever_the_format_keeps_it(tmp_path, name):
+    # JPEG/WebP keep EXIF in the header, PNG in an eXIf chunk after the pixels, TIFF in its own tags: the fast
+    # path must still see each one.
+    pixels = np.zeros((6, 10, 3), dtype=np.uint8)
+    pixels[0, 0] = 255  # one white corner, to tell the rotation
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    path = tmp_path / name
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), **({"quality": 100} if name.endswith("jpg") else {}))
+    out = load_image(path, 3)
+    assert out.shape == (3, 10, 6)
+    assert out[:, 0, -1].min() > 200 and out[:, 0, 0].max() < 50  # the corner went top-right
+    plain = tmp_path / ("plain" + Path(name).suffix)
+    Image.fromarray(pixels).save(plain)
+    assert load_image(plain, 3).shape == (3, 6, 10)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

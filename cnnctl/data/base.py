@@ -2,8 +2,9 @@
 
 Every dataset but ``imagefolder`` fits in memory, so it is one uint8 tensor and batches are cut from it by
 indexing, on the device when it is a GPU (as in airbench and nanoGPT: uint8 moves and indexes four times cheaper
-than float32, and a DataLoader's per-image work is the bottleneck on these small images). ``imagefolder`` streams
-its files through a DataLoader. Both loaders share the batch plan, the normalization and the augmentation, so an
+than float32, and a DataLoader's per-image work is the bottleneck on these small images). ``imagefolder`` is
+decoded once into such a tensor when ``data.cache`` says so (cnnctl/data/cache.py), else streams its files through
+a DataLoader. Both loaders share the batch plan, the normalization and the augmentation, so an
 epoch of either is a pure function of ``(seed, epoch)``: ``batches(epoch, start=k)`` yields exactly the batches
 ``k..`` of a full pass, which is what a mid-epoch resume needs.
 """
@@ -142,15 +143,20 @@ def split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split | 
 # ---------------------------------------------------------------- load_data
 
 
-def load_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """Load ``cfg.dataset``, hold out the validation split, resize, and fix the normalization.
+def load_data(cfg: DataConfig, seed: int, device: torch.device | str | None = None) -> DataBundle:
+    """Load ``cfg.dataset``, decode image files once (``cfg.cache``), hold out the validation split, resize, and fix
+    the normalization.
 
     The validation split is ``cfg.val_split`` of train, seeded and stratified, unless the dataset brings its own
     (an imagefolder ``val/``). ``normalize: auto`` computes the per-channel mean and std of the train split.
+    ``device``: where the data will be used, for ``cache: auto``'s budget (None: the CPU).
     """
+    from cnnctl.data.cache import decode_once
     from cnnctl.data.registry import DATASETS
 
     bundle: DataBundle = DATASETS.get(cfg.dataset)(cfg, seed)
+    # Before the validation split: the cache is keyed by every file of the folder, whatever val_split and seed.
+    decode_once(bundle, cfg, device)
     if bundle.val is None and cfg.val_split > 0:
         bundle.train, bundle.val = split_off(bundle.train, cfg.val_split, derive_seed(seed, "val"))
     if len(bundle.train) == 0:

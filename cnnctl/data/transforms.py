@@ -8,7 +8,7 @@ a batch's augmentation depends only on its seed, never on the device or on the b
 
 from __future__ import annotations
 
-import warnings
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 _EXIF_ORIENTATION = 0x0112
+# Where PIL's getexif finds an orientation: EXIF blocks (JPEG, PNG eXIf, WebP), PNG text profiles, XMP.
+_ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
 
 
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -43,23 +45,27 @@ def load_image(path: str | Path, channels: int, size: tuple[int, int] | None = N
     integer images are scaled from 0..65535 to 0..255, float images from 0..1 (or clipped to 0..255 when their
     values go above 1), and the EXIF orientation of photos is applied. ``channels`` 1 is luma (ITU-R 601-2),
     3 is RGB. A file that is empty, truncated, not an image, or larger than ``MAX_PIXELS`` raises DataError.
+
+    Each check costs only what the file needs: the pixel limit is read from the header before decoding, and the
+    orientation, alpha and mode conversions run only when the decoded image's mode and metadata call for them, so
+    an ordinary 8-bit PNG or JPEG costs no more than a bare ``Image.open().convert()`` (scripts/bench_infer.py).
     """
-    path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # One open: load() raises on truncated or corrupt data (PIL does not load truncated images unless
-            # told to); a separate verify() pass read every file twice and halved predict's throughput.
-            with Image.open(path) as im:
-                _check_pixels(im, path)
-                im.load()
-                array = _to_array(im, channels)
+        # One open: load() raises on truncated or corrupt data (PIL does not load truncated images unless told to);
+        # a separate verify() pass read every file twice and halved predict's throughput. The pixel limit is
+        # checked from the header, before any decoding. It is below PIL's own bomb limits, so no
+        # warnings.catch_warnings() to turn PIL's DecompressionBombWarning into an error: that cost 5-10 us a file
+        # and swaps the process-wide warning filters, which is not safe while other threads decode.
+        with Image.open(path) as im:
+            _check_pixels(im, path)
+            im.load()
+            image = _to_tensor(im, channels)
     except DataError:
         raise
     except _ModeError as e:
         raise DataError(f"cannot convert its colour mode {e} to {'grayscale' if channels == 1 else 'RGB'}; save it "
                         "as an ordinary RGB or grayscale image", file=str(path)) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise DataError(f"refused as a possible decompression bomb: {e}", file=str(path)) from None
     except UnidentifiedImageError:
         if _is_empty(path):
@@ -73,19 +79,17 @@ def load_image(path: str | Path, channels: int, size: tuple[int, int] | None = N
     except Exception as e:  # PIL's decoders raise OSError, SyntaxError, ValueError, EOFError, ... on corrupt files
         reason = str(e) or type(e).__name__
         raise DataError(f"truncated or corrupt image ({reason}); re-export or remove it", file=str(path)) from None
-    image = torch.from_numpy(array)
-    image = image[None] if image.ndim == 2 else image.permute(2, 0, 1).contiguous()
     return resize(image, size) if size is not None else image
 
 
-def _is_empty(path: Path) -> bool:
+def _is_empty(path: str | Path) -> bool:
     try:
-        return path.stat().st_size == 0
+        return os.stat(path).st_size == 0
     except OSError:
         return False
 
 
-def _check_pixels(im: Image.Image, path: Path) -> None:
+def _check_pixels(im: Image.Image, path: str | Path) -> None:
     width, height = im.size
     if width * height > MAX_PIXELS:
         raise DataError(f"{width}x{height} pixels is more than cnnctl's limit of {MAX_PIXELS:,} (a decompression "
@@ -96,15 +100,35 @@ class _ModeError(Exception):
     """A decoded image whose mode PIL cannot convert."""
 
 
-def _to_array(im: Image.Image, channels: int) -> np.ndarray:
-    """A decoded PIL image as a uint8 array, HxW for ``channels`` 1 or HxWx3 for 3."""
-    try:
-        return _convert(im, channels)
-    except (ValueError, OSError) as e:
-        raise _ModeError(f"{im.mode} ({e})") from e
+def _to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
+    """A decoded PIL image as uint8 ``[channels, H, W]``."""
+    target = "L" if channels == 1 else "RGB"
+    if im.mode != target or "transparency" in im.info or _may_be_rotated(im):
+        try:
+            im = _convert(im, target)
+        except (ValueError, OSError) as e:
+            raise _ModeError(f"{im.mode} ({e})") from e
+    width, height = im.size
+    # bytearray: a writable buffer, so torch owns the pixels without a warning or a second copy through numpy.
+    pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    if channels == 1:
+        return pixels.view(1, height, width)
+    return pixels.view(height, width, 3).permute(2, 0, 1).contiguous()
 
 
-def _convert(im: Image.Image, channels: int) -> np.ndarray:
+def _may_be_rotated(im: Image.Image) -> bool:
+    """Whether ``im`` carries metadata that can hold an orientation (EXIF, XMP, TIFF tags), and it is not 1.
+
+    Reading EXIF is only worth it when there is some: most PNGs and many JPEGs have none, and PIL's ``getexif``
+    reloads the image to look for it (PNG keeps eXIf after the pixels, which ``load()`` has already read).
+    """
+    if not (_ORIENTATION_SOURCES.intersection(im.info) or hasattr(im, "tag_v2")):
+        return False
+    return im.getexif().get(_EXIF_ORIENTATION, 1) != 1
+
+
+def _convert(im: Image.Image, target: str) -> Image.Image:
+    """``im`` upright, opaque over white, 8-bit, in mode ``target`` (L or RGB)."""
     if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
         im = ImageOps.exif_transpose(im)
     if im.mode in _SIXTEEN_BIT_MODES:
@@ -120,12 +144,11 @@ def _convert(im: Image.Image, channels: int) -> np.ndarray:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba).convert("RGB")
-    target = "L" if channels == 1 else "RGB"
     if im.mode != target:
         if target == "L" and im.mode not in ("L", "1", "RGB"):
             im = im.convert("RGB")  # CMYK, YCbCr, HSV, LAB, P: through RGB, then luma
         im = im.convert(target)
-    return np.array(im, dtype=np.uint8)
+    return im
 
 
 # ---------------------------------------------------------------- batch augmentation

@@ -324,6 +324,49 @@ def test_early_stopping_min_mode_stops_a_flat_loss(cli, tmp_path):
     assert summary["best_epoch"] == 1
 
 
+def test_early_stopping_min_mode_counts_an_equal_value_as_no_improvement():
+    try:
+        from cnnctl.hooks import EarlyStopping
+    except ImportError:
+        from cnnctl.callbacks import EarlyStopping
+    for mode in ("min", "auto"):
+        es = EarlyStopping("val_loss", mode, patience=2)
+        assert [es.step(0.5, epoch)[0] for epoch in (1, 2, 3)] == [False, False, True]
+    es = EarlyStopping("val_acc", "max", patience=2)
+    assert [es.step(0.5, epoch)[0] for epoch in (1, 2, 3)] == [False, False, True]
+    es = EarlyStopping("val_loss", "min", patience=1, min_delta=0.1)
+    assert [es.step(v, e)[0] for e, v in enumerate([1.0, 0.9], 1)] == [False, True]  # 0.1 better is not > 0.1
+
+
+def test_early_stopping_state_is_a_file_format_and_resumes_mid_wait():
+    """The state's keys are what checkpoints hold (old checkpoints must keep loading); a resumed wait goes on."""
+    try:
+        from cnnctl.hooks import EarlyStopping
+    except ImportError:
+        from cnnctl.callbacks import EarlyStopping
+    fresh = EarlyStopping("val_loss", "auto", patience=3)
+    assert fresh.restore_best is True
+    assert fresh.state_dict() == {"monitor": "val_loss", "mode": "min", "best": None, "best_epoch": None, "wait": 0,
+                                  "patience": 3, "stopped_epoch": None}
+    for epoch, value in enumerate([1.0, 0.8, 0.9, 0.95], 1):
+        fresh.step(value, epoch)
+    assert fresh.state_dict() == {"monitor": "val_loss", "mode": "min", "best": 0.8, "best_epoch": 2, "wait": 2,
+                                  "patience": 3, "stopped_epoch": None}
+    resumed = EarlyStopping("val_loss", "auto", patience=3)
+    resumed.load_state_dict(fresh.state_dict())
+    stop, reason = resumed.step(0.85, 5)
+    assert stop and resumed.stopped_epoch == 5 and "best 0.8000 at epoch 2" in reason
+    assert resumed.state_dict()["stopped_epoch"] == 5
+    stopped = EarlyStopping("val_loss", "auto", patience=3)
+    stopped.load_state_dict(resumed.state_dict())
+    assert stopped.stopped_epoch == 5 and stopped.wait == 3
+    assert EarlyStopping("val_loss", "auto", patience=1, restore_best=False).restore_best is False
+    with pytest.raises(ValueError, match="patience must be at least 1, not 0"):
+        EarlyStopping(patience=0)
+    nan = EarlyStopping("val_loss", patience=3)
+    assert nan.step(float("nan"), 1)[0] and nan.stopped_epoch == 1
+
+
 # ---------------------------------------------------------------- stratified split
 
 
@@ -503,7 +546,7 @@ def test_resume_allows_or_refuses_each_key_changed_alone(cli, finished_runs, key
 def test_resume_refuses_turning_early_stopping_on(cli, finished_runs, sets):
     run = finished_runs["without"]
     before = (run / "last.pt").read_bytes()
-    result = cli("train", "--resume", run, *[a for kv in sets for a in ("--set", kv)], "--set", "train.epochs=4")
+    result = cli("train", "--resume", run, *[a for kv in sets for a in ("--set", kv)])  # accepted: "already finished"
     assert result.exit_code == 2, result.output
     assert "different run" in result.stderr and "train.early_stopping" in result.stderr
     assert (run / "last.pt").read_bytes() == before
@@ -511,7 +554,7 @@ def test_resume_refuses_turning_early_stopping_on(cli, finished_runs, sets):
 
 def test_resume_refuses_turning_early_stopping_off(cli, finished_runs):
     run = finished_runs["with"]
-    result = cli("train", "--resume", run, "--set", "train.early_stopping=null", "--set", "train.epochs=4")
+    result = cli("train", "--resume", run, "--set", "train.early_stopping=null")
     assert result.exit_code == 2, result.output
     assert "different run" in result.stderr and "train.early_stopping" in result.stderr
 

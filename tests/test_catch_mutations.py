@@ -569,3 +569,37 @@ def test_resume_with_allowed_changes_trains_on(cli, finished_runs, tmp_path):
     assert [int(r["epoch"]) for r in csv.DictReader((run / "metrics.csv").open())] == [1, 2, 3, 4]
     saved = load_checkpoint(run / "last.pt")["config"]
     assert saved["train"]["epochs"] == 4 and saved["train"]["early_stopping"]["patience"] == 9
+
+
+# ---------------------------------------------------------------- restore_best
+
+RESTORE = """\
+seed: 0
+data: {dataset: fake, num_samples: 200, num_classes: 3, channels: 1, image_size: 8, batch_size: 32}
+model: {arch: custom, layers: [flatten, linear]}
+optimizer: {name: adam, lr: 0.05}
+train: {epochs: 4, early_stopping: {patience: 10, restore_best: RESTORE}}
+"""
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_restore_best_decides_which_weights_the_test_split_sees(cli, tmp_path, restore):
+    """Random images and labels: val_acc wanders at chance (epoch 1 is the best here, seeded), so the best epoch is
+    not the last; the summary's test numbers are those of best.pt (restore_best: true) or last.pt (false), as
+    `cnnctl eval` computes them."""
+    cfg = write_config(tmp_path / "r.yaml", RESTORE.replace("RESTORE", str(restore).lower()))
+    result = cli("train", cfg, "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    run = Path(result.stdout.strip().splitlines()[-1])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] < summary["epochs"] == 4  # otherwise best and last are the same weights
+    evaluated = {}
+    for name in ("best", "last"):
+        report = cli("eval", run / f"{name}.pt", "--json")
+        assert report.exit_code == 0, report.output
+        evaluated[name] = json.loads(report.stdout)
+    assert evaluated["best"]["confusion_matrix"] != evaluated["last"]["confusion_matrix"]
+    used = "best" if restore else "last"
+    assert summary["test_weights"] == used
+    assert summary["test"]["confusion_matrix"] == evaluated[used]["confusion_matrix"]
+    assert summary["test"]["accuracy"] == evaluated[used]["accuracy"]

@@ -367,6 +367,28 @@ def test_early_stopping_state_is_a_file_format_and_resumes_mid_wait():
     assert nan.step(float("nan"), 1)[0] and nan.stopped_epoch == 1
 
 
+def test_best_metric_ignores_non_finite_values_and_honours_min_delta_in_max_mode():
+    """The mutants scripts/mutation.sh found alive in callbacks: NaN as a best value, min_delta's sign in max mode,
+    the constructor's defaults, and an old state without "wait"."""
+    try:
+        from cnnctl.hooks import BestMetric, EarlyStopping, resolve_mode
+    except ImportError:
+        from cnnctl.callbacks import BestMetric, EarlyStopping, resolve_mode
+    best = BestMetric("val_acc")
+    assert not best.update(float("nan"), 1) and best.best is None
+    assert best.update(0.5, 2) and not best.update(float("inf"), 3) and best.best == 0.5
+    strict = BestMetric("val_acc", "max", min_delta=0.1)
+    assert strict.update(0.5, 1)
+    assert not strict.update(0.55, 2) and not strict.update(0.6, 3) and strict.update(0.65, 4)
+    default = EarlyStopping()
+    assert (default.monitor, default.tracker.mode, default.patience) == ("val_loss", "min", 5)
+    old = EarlyStopping(patience=2)
+    old.load_state_dict({"monitor": "val_loss", "mode": "min", "best": 1.0, "best_epoch": 1})
+    assert old.wait == 0 and old.stopped_epoch is None
+    with pytest.raises(ValueError, match="mode must be auto, min or max, not 'up'"):
+        resolve_mode("val_loss", "up")
+
+
 # ---------------------------------------------------------------- stratified split
 
 

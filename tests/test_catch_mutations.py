@@ -277,7 +277,7 @@ def test_set_value_may_hold_equals_signs(cli, tmp_path):
 # ---------------------------------------------------------------- plateau after warmup
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`:UserWarning")
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 def test_plateau_gets_the_first_metric_after_warmup():
     """warmup_epochs 2 over 4 steps an epoch, then plateau with patience 0 on a flat metric.
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from cnnctl.config import Config, apply_overrides, bundled_configs, load_config, parse_override
+from cnnctl.config import Config, apply_overrides, bundled_configs, load_config, parse_override, read_yaml
 from cnnctl.errors import ConfigError
 from tests.conftest import write_config
 
@@ -111,9 +112,29 @@ def test_every_bundled_config_validates():
     bundled = bundled_configs()
     assert {"lenet5-digits", "lenet5-mnist", "lenet5-fashion", "resnet20-cifar10", "vgg11-cifar10",
             "resnet18-cifar10", "custom-example"} <= set(bundled)
-    for name in bundled:
-        cfg, _ = load_config(name)
-        assert isinstance(cfg, Config)
+    for name, path in bundled.items():
+        cfg, source = load_config(name)
+        assert source == path
+        written = flatten(read_yaml(path))
+        resolved = flatten(cfg.dump())
+        assert written, name
+        for key, value in written.items():  # every key the file sets is in the resolved config, with its value
+            got = resolved[key]
+            if isinstance(got, float) and isinstance(value, (str, int)):
+                value = float(value)  # YAML reads 1e-3 as a string, pydantic as a float
+            assert got == value, (name, key, got, value)
+        assert cfg.name == written.get("name", Path(name).name)  # a config without a name takes its file stem
+        assert Config.model_validate(cfg.dump()).dump() == cfg.dump()
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def test_resolved_config_round_trips(tmp_path):

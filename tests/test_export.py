@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from cnnctl.checkpoint import FORMAT, save_checkpoint
 from cnnctl.config import Config
 from cnnctl.errors import CnnctlError
 from cnnctl.export import TOLERANCE, ExportError, export, export_metadata, read_metadata
+from cnnctl.inference import model_from_checkpoint
 from cnnctl.models.registry import MODELS, create_model
 from cnnctl.predict import onnx_predict
 from tests.datafiles import write_image_folder
@@ -102,12 +104,38 @@ def test_every_model_exports_and_computes_what_pytorch_does(tmp_path, arch, opti
 
     assert Path(result["path"]).is_file()
     assert result["path"] == str(tmp_path / ("best.onnx" if fmt == "onnx" else "best.torchscript.pt"))
+    # Agreement computed here, not taken from export()'s report: run the written file and the PyTorch model.
+    x = torch.randn(3, channels, side, side, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model_from_checkpoint(ckpt, "best.pt", torch.device("cpu"))(x).numpy()
+    got = run_exported(result["path"], fmt, x.numpy())
+    assert got.shape == expected.shape == (3, 5)
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert float(np.abs(got - expected).max()) <= TOLERANCE * scale
+    assert float(np.abs(softmax(got) - softmax(expected)).max()) <= TOLERANCE
     assert result["top1_agree"] is True
     assert result["max_prob_diff"] <= TOLERANCE
     assert result["exporter"] == ("torch.onnx (dynamo)" if fmt == "onnx" else "torch.jit.trace")
     # The fake dataset's test images, then random batches other than the exported one (the dynamic batch axis).
     assert result["checked"] == ["4 fake test images", "random batch of 1", "random batch of 3"]
     assert read_metadata(result["path"]) == export_metadata(ckpt)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def run_exported(path: str, fmt: str, x: np.ndarray) -> np.ndarray:
+    """The logits of an exported file, computed by its own runtime (onnxruntime, or the TorchScript loader)."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)
+        return torch.jit.load(path)(torch.from_numpy(x)).numpy()
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
-"""Pictures: each exists, decodes as PNG, has the expected size; the numbers drawn agree with eval's."""
+"""Pictures: each exists, decodes as PNG, has the expected size, and draws exactly the numbers it is about
+(metrics.csv, the confusion matrix, per-class scores), read back from the saved figure's artists."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -41,18 +44,77 @@ def runs(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("plots")
     out = []
-    for name, lr in (("fast", 0.003), ("slow", 0.0003)):
-        cfg = write_config(tmp / f"{name}.yaml", CONFIG.replace("lr: 0.003", f"lr: {lr}"))
-        result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp / "runs")], catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        out.append(Path(result.stdout.strip()))
+    with pytest.MonkeyPatch.context() as mp:
+        drawn = capture_figures(mp)
+        for name, lr in (("fast", 0.003), ("slow", 0.0003)):
+            cfg = write_config(tmp / f"{name}.yaml", CONFIG.replace("lr: 0.003", f"lr: {lr}"))
+            first = len(drawn)
+            result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp / "runs")], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            out.append(Path(result.stdout.strip()))
+            DRAWN[out[-1]] = drawn[first:]
     return out
+
+
+# The figures each run's training saved, in order, by run directory (filled by the ``runs`` fixture).
+DRAWN: dict[Path, list] = {}
+
+
+def capture_figures(mp: pytest.MonkeyPatch) -> list:
+    """Record every matplotlib Figure as it is saved (pyplot's or a bare Figure's), to read what it draws."""
+    from matplotlib.figure import Figure
+
+    drawn = []
+    real = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        drawn.append(self)
+        return real(self, *args, **kwargs)
+
+    mp.setattr(Figure, "savefig", savefig)
+    return drawn
+
+
+def metrics_columns(run: Path) -> dict[str, list[float]]:
+    with (run / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in rows[0]}
+
+
+def data_lines(ax) -> dict[str, tuple[list[float], list[float]]]:
+    """The axes' lines by label: (xdata, ydata) as floats."""
+    return {line.get_label(): ([float(v) for v in line.get_xdata()], [float(v) for v in line.get_ydata()])
+            for line in ax.get_lines()}
+
+
+def check_confusion_figure(fig, cm: list[list[int]]) -> None:
+    """The colours are the row-normalized matrix, the numbers written in the cells are the counts."""
+    counts = np.asarray(cm, dtype=float)
+    [ax] = [a for a in fig.axes if a.images]
+    assert np.array_equal(np.asarray(ax.images[0].get_array()), counts / np.maximum(counts.sum(1, keepdims=True), 1))
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(i, j): str(int(counts[i, j])) for i in range(len(cm)) for j in range(len(cm))}
 
 
 def test_train_writes_curves_and_confusion_matrix(runs):
     run = runs[0]
     assert png_size(run / "curves.png") == expected("curves")
     assert png_size(run / "confusion_matrix.png") == expected("confusion")
+    summary = json.loads((run / "summary.json").read_text())
+    columns = metrics_columns(run)
+    curves, confusion = DRAWN[run]
+    loss, acc, lr = curves.axes[:3]
+    epochs = columns["epoch"]
+    for ax, kind in ((loss, "loss"), (acc, "acc")):
+        lines = data_lines(ax)
+        assert lines["train"] == (epochs, columns[f"train_{kind}"])  # exactly the numbers of metrics.csv
+        assert lines["val"] == (epochs, columns[f"val_{kind}"])
+    for ax in (loss, acc, lr):
+        lines = data_lines(ax)
+        assert lines[f"best (epoch {summary['best_epoch']})"][0] == [summary["best_epoch"]] * 2
+        assert lines[f"early stop (epoch {summary['epochs']})"][0] == [summary["epochs"]] * 2
+    assert [(x, y) for x, y in data_lines(lr).values() if len(x) == len(epochs)] == [(epochs, columns["lr"])]
+    check_confusion_figure(confusion, summary["test"]["confusion_matrix"])
 
 
 def test_confusion_matrix_numbers_agree_with_eval(runs, cli, tmp_path):
@@ -61,8 +123,15 @@ def test_confusion_matrix_numbers_agree_with_eval(runs, cli, tmp_path):
     # no loss falls by min_delta 5.0: it stops at epoch 2 of 3, early (the early-stop line is drawn); patience that
     # ran out at the last epoch would not count (tests/test_run.py)
     assert summary["stopped_early"] and summary["epochs"] == 2
-    result = cli("eval", run / "best.pt", "--json", "--plots", tmp_path / "eval")
+    with pytest.MonkeyPatch.context() as mp:
+        drawn = capture_figures(mp)
+        result = cli("eval", run / "best.pt", "--json", "--plots", tmp_path / "eval")
     assert result.exit_code == 0, result.output
+    confusion, per_class = drawn
+    check_confusion_figure(confusion, json.loads(result.stdout)["confusion_matrix"])
+    bars = [[float(r.get_height()) for r in container] for container in per_class.axes[0].containers]
+    rows = json.loads(result.stdout)["per_class"]
+    assert bars == [[c[key] for c in rows] for key in ("precision", "recall", "f1")]
     report = json.loads(result.stdout)
     assert report["confusion_matrix"] == summary["test"]["confusion_matrix"]  # the matrix confusion_matrix.png draws
     assert png_size(tmp_path / "eval" / "confusion_matrix.png") == expected("confusion")
@@ -71,8 +140,14 @@ def test_confusion_matrix_numbers_agree_with_eval(runs, cli, tmp_path):
 
 def test_plot_overlays_runs(runs, cli, tmp_path):
     out = tmp_path / "cmp.png"
-    result = cli("plot", *runs, "--metric", "val_loss", "-o", out)
+    with pytest.MonkeyPatch.context() as mp:
+        drawn = capture_figures(mp)
+        result = cli("plot", *runs, "--metric", "val_loss", "-o", out)
     assert result.exit_code == 0, result.output
+    [figure] = drawn
+    lines = data_lines(figure.axes[0])
+    assert lines == {run.name: (metrics_columns(run)["epoch"], metrics_columns(run)["val_loss"]) for run in runs}
+    assert figure.axes[0].get_yscale() == "log"
     assert png_size(out) == expected("comparison")
     assert cli("plot", *runs, "--metric", "val_los").exit_code == 2
     bad = cli("plot", tmp_path)

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Mutation testing of cnnctl's core with mutmut 3: a developer's tool, not part of CI (hours on 2 cores).
+#
+#   scripts/mutation.sh                 # every module below, one after the other
+#   scripts/mutation.sh metrics config  # only these (the names of the MODULES entries)
+#
+# Each module is mutated in its own scratch copy of the working tree ($MUTATION_WORK, default
+# /tmp/cnnctl-mutation/NAME), with only the fast tests that cover it; mutmut 3 then runs, for each mutant, only
+# the tests that call the mutated function. The summary prints killed / survived / timeout per module and lists the
+# surviving mutants (`cd $MUTATION_WORK/NAME && mutmut show MUTANT` shows one as a diff).
+#
+# Needs: pip install 'mutmut>=3' (in the venv that runs the tests).
+set -euo pipefail
+
+# ---------------------------------------------------------------- edit here
+# NAME|module file(s) to mutate (globs, comma separated)|fast tests that cover them (pytest arguments)
+# After the engine redesign: callbacks.py -> hooks.py, the loop in engine.py, the resume policy in run.py.
+MODULES=(
+  "callbacks|cnnctl/callbacks.py,cnnctl/hooks.py|tests/test_callbacks.py tests/test_catch_mutations.py::test_early_stopping_min_mode_counts_an_equal_value_as_no_improvement tests/test_catch_mutations.py::test_early_stopping_state_is_a_file_format_and_resumes_mid_wait"
+  "metrics|cnnctl/metrics.py|tests/test_metrics.py tests/test_properties.py -k 'sklearn or metrics'"
+  "checkpoint|cnnctl/checkpoint.py|tests/test_catch_mutations.py -k 'atomic'"
+  # mutmut's trampolines make Plan.warmup unpicklable: the two tests that torch.save a "none" schedule cannot run
+  "optim|cnnctl/optim.py|tests/test_optim.py tests/test_catch_mutations.py::test_plateau_gets_the_first_metric_after_warmup --deselect 'tests/test_optim.py::test_state_round_trip_continues_exactly[none]' --deselect 'tests/test_optim.py::test_replan_continues_on_the_new_plan[none-False]'"
+  "config|cnnctl/config.py|tests/test_config.py tests/test_properties.py -k 'not torch'"
+  "inference|cnnctl/inference.py|tests/test_catch_mutations.py -k 'ensemble or topk or top5'"
+  "data_split|cnnctl/data/base.py|tests/test_data.py tests/test_properties.py tests/test_catch_mutations.py -k 'stratified or split or derive_seed'"
+  "engine|cnnctl/engine.py,cnnctl/run.py|tests/test_catch_mutations.py tests/test_train.py"
+)
+PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=$(command -v python3)
+MUTMUT=${MUTMUT:-$(dirname "$PYTHON")/mutmut}
+WORK=${MUTATION_WORK:-/tmp/cnnctl-mutation}
+JOBS=${MUTATION_JOBS:-2}
+# ----------------------------------------------------------------
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+[ -x "$MUTMUT" ] || { echo "mutmut not found at $MUTMUT: pip install 'mutmut>=3'" >&2; exit 2; }
+wanted=("$@")
+summary=()
+mkdir -p "$WORK"
+
+for entry in "${MODULES[@]}"; do
+  IFS='|' read -r name files tests <<<"$entry"
+  if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " =~ " $name " ]]; then continue; fi
+  dir="$WORK/$name"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  # The working tree as it is (tracked and untracked files, not ignored ones): uncommitted edits are tested too.
+  (cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' \
+     | tar --null -cf - -T -) | tar -xf - -C "$dir"
+  existing=()
+  IFS=',' read -ra globs <<<"$files"
+  for g in "${globs[@]}"; do [ -e "$dir/$g" ] && existing+=("$g"); done
+  if [ ${#existing[@]} -eq 0 ]; then echo "== $name: none of $files exists; skipped"; continue; fi
+  eval "args=($tests)"  # shell words, so a -k expression can be quoted
+  {
+    echo "[mutmut]"
+    echo "source_paths=cnnctl"
+    echo "only_mutate="; for f in "${existing[@]}"; do echo "    $f"; done
+    echo "pytest_add_cli_args_test_selection="; for a in "${args[@]}"; do echo "    $a"; done
+    echo "pytest_add_cli_args="; echo "    -p"; echo "    no:cacheprovider"; echo "    -q"
+    echo "process_isolation=forkserver"  # torch is not fork-safe once threads exist
+    echo "timeout_multiplier=5.0"
+  } >"$dir/setup.cfg"
+  echo "== $name: mutating ${existing[*]} with: pytest ${args[*]}"
+  (cd "$dir" && env -u PYTHONPATH OMP_NUM_THREADS=1 "$MUTMUT" run --max-children "$JOBS" >mutmut-run.log 2>&1) \
+    || echo "   mutmut run failed; see $dir/mutmut-run.log"
+  (cd "$dir" && env -u PYTHONPATH "$MUTMUT" export-cicd-stats >/dev/null 2>&1 || true)
+  stats="$dir/mutants/mutmut-cicd-stats.json"
+  if [ -f "$stats" ]; then
+    line=$("$PYTHON" - "$stats" "$name" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+# A timeout or a crash is a detected mutant; one no test reaches counts as a survivor.
+scored = s["killed"] + s["survived"] + s["no_tests"] + s["timeout"] + s["suspicious"] + s["segfault"]
+pct = 100 * (s["killed"] + s["timeout"] + s["segfault"]) / max(scored, 1)
+print(f"{sys.argv[2]:<11} killed {s['killed']:4d}  survived {s['survived']:4d}  timeout {s['timeout']:3d}  "
+      f"no tests {s['no_tests']:3d}  total {s['total']:4d}  detected: {pct:5.1f}%")
+EOF
+)
+    summary+=("$line")
+    echo "   $line"
+    echo "   surviving mutants:"
+    (cd "$dir" && env -u PYTHONPATH "$MUTMUT" results 2>/dev/null | grep -E "survived|no tests|suspicious" | sed 's/^ */     /') || true
+  fi
+done
+
+echo
+echo "== mutation testing summary (mutmut $("$PYTHON" -c 'import importlib.metadata as m; print(m.version("mutmut"))'))"
+printf '%s\n' "${summary[@]}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnctl.config import CONFIGS_DIR, bundled_configs, load_config
+from cnnctl.config import CONFIGS_DIR, bundled_configs, load_config, read_yaml, resolve_config_path
 from cnnctl.models.registry import create_model
 
 EXPERIMENTS = sorted(n for n in bundled_configs() if n.split("/")[0] in
@@ -29,7 +29,8 @@ def test_each_experiment_describes_itself_and_builds(name):
 
 
 def _layers(name: str) -> list:
-    return load_config(name)[0].model.layers
+    """The layer list as the file writes it (``relu``, ``{conv: {...}}``); load_config types each layer."""
+    return read_yaml(resolve_config_path(name))["model"]["layers"]
 
 
 def test_the_activation_runs_differ_only_in_the_activation():

@@ -13,70 +13,29 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from cnnctl.config import Augment, DataConfig
+from cnnctl.data.splits import (  # noqa: F401  (the splits are part of this module's interface)
+    DataBundle,
+    FileSplit,
+    Split,
+    TensorSplit,
+    _collate,
+    _FileDataset,
+    resolve_workers,
+)
 from cnnctl.errors import ConfigError, DataError
 
 log = logging.getLogger("cnnctl")
 
-# Below this many files a DataLoader's worker start-up costs more than decoding in the main process.
-MIN_FILES_FOR_WORKERS = 1000
-MAX_AUTO_WORKERS = 4
 
 
 # ---------------------------------------------------------------- splits and bundles
-
-
-@dataclass
-class TensorSplit:
-    """An in-memory split: uint8 images [N, C, H, W] on the CPU and int64 labels [N]."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class FileSplit:
-    """A streamed split: image files and their labels, decoded to ``channels`` x ``size`` by ``load_image``.
-
-    ``size`` is None only while a dataset is being put together (the files' own size).
-    """
-
-    files: list[Path]
-    labels: list[int]
-    channels: int = 3
-    size: tuple[int, int] | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-Split = TensorSplit | FileSplit
-
-
-@dataclass
-class DataBundle:
-    """A dataset ready for the loop: its splits, class names, and the input the model sees."""
-
-    dataset: str
-    classes: list[str]
-    channels: int
-    size: tuple[int, int]  # (H, W) of the images the model sees
-    mean: list[float]  # per channel, in [0, 1] pixel units: (x / 255 - mean) / std
-    std: list[float]
-    train: TensorSplit | FileSplit
-    val: TensorSplit | FileSplit | None
-    test: TensorSplit | FileSplit | None
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -378,45 +337,6 @@ def _augment(x: torch.Tensor, augment: Augment, generator: torch.Generator, tota
     from cnnctl.data.transforms import augment_batch
 
     return augment_batch(x, augment, generator, total=total, offset=offset)
-
-
-def resolve_workers(workers: int | str, num_files: int, world_size: int = 1) -> int:
-    """``auto``: none for fewer than MIN_FILES_FOR_WORKERS files, else up to 4 per process, sharing the CPUs."""
-    if workers != "auto":
-        return int(workers)
-    if num_files < MIN_FILES_FOR_WORKERS:
-        return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    return max(1, min(MAX_AUTO_WORKERS, cpus // max(local_world, 1)))
-
-
-class _FileDataset(torch.utils.data.Dataset):
-    """Decodes one file with ``load_image``; a file that fails comes back as (None, message) for the loader to raise
-    as DataError in the main process (a worker's exception would arrive wrapped in a traceback)."""
-
-    def __init__(self, split: FileSplit) -> None:
-        if split.size is None:
-            raise ValueError("FileSplit.size must be set before loading batches")
-        self.files, self.labels, self.channels, self.size = split.files, split.labels, split.channels, split.size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int | str]:
-        from cnnctl.data.transforms import load_image
-
-        try:
-            return load_image(self.files[i], self.channels, self.size), self.labels[i]
-        except DataError as e:
-            return None, str(e)
-
-
-def _collate(items: list[tuple[torch.Tensor | None, int | str]]) -> tuple[torch.Tensor | None, Any]:
-    errors = [message for image, message in items if image is None]
-    if errors:
-        return None, errors[0]
-    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items], dtype=torch.int64)
 
 
 class _PlanSampler(torch.utils.data.Sampler):

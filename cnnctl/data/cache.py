@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from cnnctl.config import DataConfig
-from cnnctl.data.base import DataBundle, FileSplit, TensorSplit
+from cnnctl.data.splits import DataBundle, FileSplit, TensorSplit
 from cnnctl.errors import DataError, TrainingError
 
 log = logging.getLogger("cnnctl")
@@ -147,7 +147,7 @@ def decode_files(files: list[Path], channels: int, size: tuple[int, int], *, wor
     """
     from tqdm import tqdm
 
-    from cnnctl.data.base import _collate, _FileDataset, resolve_workers
+    from cnnctl.data.splits import _collate, _FileDataset, resolve_workers
 
     images = torch.empty((len(files), channels, *size), dtype=torch.uint8)
     dataset = _FileDataset(FileSplit(files, [0] * len(files), channels, size))

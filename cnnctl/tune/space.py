@@ -535,7 +535,7 @@ def check_networks(path: Path, base: dict[str, Any], source: str, params: list[P
     """Build every network the space can ask for (each combination of the values of keys that change the network
     or its input) and run one zero image through it on the CPU, so an architecture that cannot take the input is
     refused before any trial trains. Ranges of numbers count by their ends; float keys change no shape."""
-    from cnnctl.data.registry import input_spec
+    from cnnctl.data.spec import input_spec
     from cnnctl.models.registry import create_model
     from cnnctl.models.summary import check_input
 

@@ -9,10 +9,10 @@ from fractions import Fraction
 
 import pytest
 import torch
-from pydantic import ValidationError
 import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from cnnctl.config import ModelConfig, apply_overrides, parse_override

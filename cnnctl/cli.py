@@ -166,6 +166,11 @@ def predict(
     topk: Annotated[int, typer.Option("--topk", "-k", help="How many classes to show.")] = 5,
     json_: JsonOption = False,
     device: DeviceOption = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Per image: preprocessing, logits, the safe softmax step by "
+                                          "step, and with a known class its cross-entropy loss.")] = False,
+    label: Annotated[str | None, typer.Option("--label", help="The true class of the images (for --explain's loss).")] = None,
+    labels_from_folders: Annotated[bool, typer.Option("--labels-from-folders", help="Each image's true class is its "
+                                                      "folder's name (for --explain's loss).")] = False,
 ) -> None:
     """Predict the classes of images with a trained checkpoint."""
     if device is not None:
@@ -175,7 +180,8 @@ def predict(
     from cnnctl.predict import check_results, format_predictions
     from cnnctl.predict import predict as run_predict
 
-    results = run_predict(images, checkpoint, topk=topk, device=device or "cpu")
+    results = run_predict(images, checkpoint, topk=topk, device=device or "cpu", explain=explain, label=label,
+                          labels_from_folders=labels_from_folders)
     if json_:
         _print_json(results)
     else:

@@ -133,16 +133,16 @@ TITLES = {
 }
 
 
+FIGSIZE = (9.0, 4.2)
+
+
 def plot_attribution(image: np.ndarray, heat: np.ndarray, method: str, cls: str, path: Path, *,
-                     layer: str | None = None, dpi: int = 100) -> Path:
+                     layer: str | None = None) -> Path:
     """The image beside the map laid over it, with a colour bar in the map's own units. ``image``: [H, W] or
     [H, W, 3] in [0, 1]."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from cnnctl.plots import save_figure, subplots
 
-    fig = Figure(figsize=(9.0, 4.2), dpi=dpi)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = subplots(1, 2, figsize=FIGSIZE)
     gray = image.ndim == 2
     for ax in (left, right):
         ax.imshow(image, cmap="gray" if gray else None, vmin=0, vmax=1)
@@ -156,10 +156,7 @@ def plot_attribution(image: np.ndarray, heat: np.ndarray, method: str, cls: str,
         shown = right.imshow(heat, cmap="jet", alpha=0.5)
     fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
     right.set_title(TITLES[method].format(layer=layer, cls=cls), fontsize=9, wrap=True)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def peak(heat: np.ndarray) -> tuple[int, int]:

@@ -246,11 +246,14 @@ def visualize(
     checkpoint: Annotated[str, typer.Argument(help="A checkpoint or run directory.")],
     image: Annotated[str | None, typer.Option("--image", help="Image for the feature maps (default: a test image).")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Folder for the PNGs (default: RUN/visualize).")] = None,
+    layer: Annotated[str | None, typer.Option("--layer", help="The layer Grad-CAM reads (default: the last conv "
+                                              "stage).")] = None,
 ) -> None:
-    """Draw the first layer's filters, the feature maps of every conv/pool stage, and the top-k prediction."""
+    """Draw the first layer's filters, the feature maps of every conv/pool stage, the top-k prediction and where the
+    network looks (Grad-CAM, occlusion, saliency; needs the [explain] extra)."""
     from cnnctl.visualize import visualize as run_visualize
 
-    for path in run_visualize(checkpoint, image=image, output=output):
+    for path in run_visualize(checkpoint, image=image, output=output, layer=layer):
         typer.echo(str(path))
 
 

@@ -209,3 +209,34 @@ def test_predict_label_errors(cli, tmp_path):
     assert result.exit_code == 2 and "--label 'c33' is not one of the checkpoint's classes" in result.stderr
     result = cli("predict", img, "-c", ckpt, "--label", "c3")
     assert result.exit_code == 2 and "add --explain" in result.stderr
+
+
+@pytest.mark.parametrize("model", [
+    {"arch": "lenet5"},
+    {"arch": "resnet20"},
+    {"arch": "custom", "layers": [{"conv": {"out": 4, "kernel": 3, "padding": 1}}, "relu", {"maxpool": 2}, "flatten",
+                                  "linear"]},
+])
+def test_visualize_image_writes_the_three_attribution_maps(cli, tmp_path, model):
+    from cnnctl import __version__
+    from cnnctl.checkpoint import FORMAT, save_checkpoint
+    from cnnctl.config import validate_config
+    from cnnctl.models.registry import create_model
+
+    cfg = validate_config({"name": "m", "data": {"dataset": "fake", "num_classes": 3, "channels": 3, "image_size": 16},
+                           "model": model}, "m.yaml")
+    torch.manual_seed(0)
+    net = create_model(cfg.model, in_channels=3, image_size=(16, 16), num_classes=3)
+    save_checkpoint(tmp_path / "best.pt", {
+        "format": FORMAT, "cnnctl_version": __version__, "config": cfg.dump(), "classes": ["a", "b", "c"],
+        "input": {"channels": 3, "size": [16, 16], "mean": [0.5] * 3, "std": [0.25] * 3}, "model": net.state_dict()})
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB").save(tmp_path / "i.png")
+    result = cli("visualize", tmp_path / "best.pt", "--image", tmp_path / "i.png", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    for name in ("gradcam.png", "occlusion.png", "saliency.png"):
+        with Image.open(tmp_path / "out" / name) as im:
+            assert im.format == "PNG" and im.size == (900, 420)
+    bad = cli("visualize", tmp_path / "best.pt", "--image", tmp_path / "i.png", "-o", tmp_path / "out", "--layer", "nope")
+    assert bad.exit_code == 2 and "--layer 'nope': no such layer" in bad.stderr

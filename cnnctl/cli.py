@@ -137,7 +137,7 @@ def eval_(
     data_root: Annotated[str | None, typer.Option("--data-root", help="Where the dataset is, if not where it was.")] = None,
     json_: JsonOption = False,
     device: DeviceOption = None,
-    plots: Annotated[Path | None, typer.Option("--plots", help="Write confusion matrix and per-class charts here.")] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write the confusion matrix, per-class chart and the most confident mistakes (mistakes.png) here.")] = None,
 ) -> None:
     """Evaluate checkpoints: loss, accuracy, top-5, per-class precision/recall/F1, confusion matrix."""
     if device is not None:
@@ -146,12 +146,10 @@ def eval_(
         check_device(device, "--device")
     from cnnctl.inference import evaluate_checkpoints, format_report
 
-    result = evaluate_checkpoints(checkpoints, split=split.value, data_root=data_root, device=device or "auto")
-    if plots is not None:
-        from cnnctl.plots import eval_plots
-
-        for path in eval_plots(result, plots):
-            typer.echo(f"wrote {path}", err=True)
+    result = evaluate_checkpoints(checkpoints, split=split.value, data_root=data_root, device=device or "auto",
+                                  plots=plots)
+    for path in result.get("plots", []):
+        typer.echo(f"wrote {path}", err=True)
     if json_:
         _print_json(result)
     else:

@@ -240,3 +240,45 @@ def test_visualize_image_writes_the_three_attribution_maps(cli, tmp_path, model)
             assert im.format == "PNG" and im.size == (900, 420)
     bad = cli("visualize", tmp_path / "best.pt", "--image", tmp_path / "i.png", "-o", tmp_path / "out", "--layer", "nope")
     assert bad.exit_code == 2 and "--layer 'nope': no such layer" in bad.stderr
+
+
+def test_eval_plots_mistakes_are_really_misclassified(cli, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from cnnctl.checkpoint import load_checkpoint
+    from cnnctl.data.base import load_data, to_model_input
+    from cnnctl.inference import checkpoint_config, model_from_checkpoint, split_images
+
+    ckpt_path = tmp_path / "best.pt"
+    _checkpoint(ckpt_path)  # untrained: most test images are wrong
+    result = cli("eval", ckpt_path, "--json", "--plots", tmp_path / "plots")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    mistakes = report["mistakes"]
+    assert len(mistakes) == 32
+    probs = [m["prob"] for m in mistakes]
+    assert probs == sorted(probs, reverse=True)
+    with Image.open(tmp_path / "plots" / "mistakes.png") as im:
+        assert im.format == "PNG"
+    assert str(tmp_path / "plots" / "mistakes.png") in result.stderr
+    # each listed image, run through the network again, is predicted as listed and is not its true class
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = checkpoint_config(ckpt, "best.pt")
+    model = model_from_checkpoint(ckpt, "best.pt", torch.device("cpu"))
+    test = load_data(cfg.data, cfg.seed).test
+    images = split_images(test, [m["index"] for m in mistakes], 1, (8, 8))
+    spec = ckpt["input"]
+    with torch.no_grad():
+        p = model(to_model_input(images, spec["mean"], spec["std"], torch.device("cpu"))).softmax(1)
+    for m, row in zip(mistakes, p, strict=True):
+        assert ckpt["classes"][int(row.argmax())] == m["pred"] != m["true"]
+        assert ckpt["classes"][int(test.labels[m["index"]])] == m["true"]
+        assert float(row.max()) == pytest.approx(m["prob"], abs=1e-5)
+    # the confused pairs are the largest off-diagonal cells, and the text report lists them
+    cm = report["confusion_matrix"]
+    top = max(cm[t][q] for t in range(10) for q in range(10) if t != q)
+    assert report["confused_pairs"][0]["count"] == top
+    text = cli("eval", ckpt_path)
+    assert "most confused (true -> predicted: images)" in text.stdout

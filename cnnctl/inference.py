@@ -174,7 +174,7 @@ def _confusions(r: dict[str, Any]) -> str:
     pairs = r.get("confused_pairs") or []
     if not pairs:
         return ""
-    rows = ["\nmost confused (true -> predicted: images)"]
+    rows = ["\n\nmost confused (true -> predicted: images)"]
     rows += [f"  {p['true']} -> {p['pred']}: {p['count']}" for p in pairs]
     return "\n".join(rows)
 

@@ -6,7 +6,8 @@ runs each method for one image and one class, and draws the maps over the image.
 - Grad-CAM (Selvaraju et al. 2017): the last conv stage's feature maps weighted by the mean gradient of the class
   score over each map, summed, ReLU'd and upsampled to the image. Coarse (the stage's resolution) but
   class-specific.
-- Occlusion (Zeiler and Fergus 2014): slide a grey patch over the image and watch the class *probability* fall;
+- Occlusion (Zeiler and Fergus 2014): slide a patch of the data's mean colour (grey for natural images) over the
+  image and watch the class *probability* fall;
   a pixel's value is the mean fall over the patches that covered it. Model-agnostic and slow (one forward pass
   per patch position), so the patch is a fraction of the image.
 - Saliency (Simonyan et al. 2014): |d score / d pixel|, the largest over the colour channels. Fine-grained and
@@ -92,8 +93,8 @@ def attribution_maps(model: nn.Module, x: torch.Tensor, target: int, *, layer: s
                      methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     """Grad-CAM, occlusion and saliency for one image ``x`` ([1, C, H, W], already normalised) and class ``target``.
 
-    ``grey`` is the occluding patch's value in the network's input space (mid-grey after normalisation, per
-    channel). Returns ``{"layer", "maps": {method: [H, W] float array}}``; maps are raw (not rescaled): Grad-CAM
+    ``grey`` is the occluding patch's value in the network's input space, per channel (0: the training set's mean
+    colour after normalisation). Returns ``{"layer", "maps": {method: [H, W] float array}}``; maps are raw (not rescaled): Grad-CAM
     and saliency >= 0, occlusion the fall of the class probability (negative where hiding a patch helps the class).
     """
     attr = _require_captum()
@@ -128,21 +129,21 @@ def attribution_maps(model: nn.Module, x: torch.Tensor, target: int, *, layer: s
 
 TITLES = {
     "gradcam": "Grad-CAM on {layer}: where the last conv stage's evidence for {cls!r} is",
-    "occlusion": "Occlusion: how much a grey patch here lowers p({cls!r})",
+    "occlusion": "Occlusion: how much hiding this patch (mean colour) lowers p({cls!r})",
     "saliency": "Saliency: |d score({cls!r}) / d pixel|",
 }
 
 
+FIGSIZE = (9.0, 4.2)
+
+
 def plot_attribution(image: np.ndarray, heat: np.ndarray, method: str, cls: str, path: Path, *,
-                     layer: str | None = None, dpi: int = 100) -> Path:
+                     layer: str | None = None) -> Path:
     """The image beside the map laid over it, with a colour bar in the map's own units. ``image``: [H, W] or
     [H, W, 3] in [0, 1]."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from cnnctl.plots import save_figure, subplots
 
-    fig = Figure(figsize=(9.0, 4.2), dpi=dpi)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = subplots(1, 2, figsize=FIGSIZE)
     gray = image.ndim == 2
     for ax in (left, right):
         ax.imshow(image, cmap="gray" if gray else None, vmin=0, vmax=1)
@@ -156,10 +157,7 @@ def plot_attribution(image: np.ndarray, heat: np.ndarray, method: str, cls: str,
         shown = right.imshow(heat, cmap="jet", alpha=0.5)
     fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
     right.set_title(TITLES[method].format(layer=layer, cls=cls), fontsize=9, wrap=True)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def peak(heat: np.ndarray) -> tuple[int, int]:

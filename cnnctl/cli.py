@@ -137,7 +137,7 @@ def eval_(
     data_root: Annotated[str | None, typer.Option("--data-root", help="Where the dataset is, if not where it was.")] = None,
     json_: JsonOption = False,
     device: DeviceOption = None,
-    plots: Annotated[Path | None, typer.Option("--plots", help="Write confusion matrix and per-class charts here.")] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write the confusion matrix, per-class chart and the most confident mistakes (mistakes.png) here.")] = None,
 ) -> None:
     """Evaluate checkpoints: loss, accuracy, top-5, per-class precision/recall/F1, confusion matrix."""
     if device is not None:
@@ -146,12 +146,10 @@ def eval_(
         check_device(device, "--device")
     from cnnctl.inference import evaluate_checkpoints, format_report
 
-    result = evaluate_checkpoints(checkpoints, split=split.value, data_root=data_root, device=device or "auto")
-    if plots is not None:
-        from cnnctl.plots import eval_plots
-
-        for path in eval_plots(result, plots):
-            typer.echo(f"wrote {path}", err=True)
+    result = evaluate_checkpoints(checkpoints, split=split.value, data_root=data_root, device=device or "auto",
+                                  plots=plots)
+    for path in result.get("plots", []):
+        typer.echo(f"wrote {path}", err=True)
     if json_:
         _print_json(result)
     else:
@@ -166,6 +164,11 @@ def predict(
     topk: Annotated[int, typer.Option("--topk", "-k", help="How many classes to show.")] = 5,
     json_: JsonOption = False,
     device: DeviceOption = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Per image: preprocessing, logits, the safe softmax step by "
+                                          "step, and with a known class its cross-entropy loss.")] = False,
+    label: Annotated[str | None, typer.Option("--label", help="The true class of the images (for --explain's loss).")] = None,
+    labels_from_folders: Annotated[bool, typer.Option("--labels-from-folders", help="Each image's true class is its "
+                                                      "folder's name (for --explain's loss).")] = False,
 ) -> None:
     """Predict the classes of images with a trained checkpoint."""
     if device is not None:
@@ -175,7 +178,8 @@ def predict(
     from cnnctl.predict import check_results, format_predictions
     from cnnctl.predict import predict as run_predict
 
-    results = run_predict(images, checkpoint, topk=topk, device=device or "cpu")
+    results = run_predict(images, checkpoint, topk=topk, device=device or "cpu", explain=explain, label=label,
+                          labels_from_folders=labels_from_folders)
     if json_:
         _print_json(results)
     else:
@@ -240,11 +244,14 @@ def visualize(
     checkpoint: Annotated[str, typer.Argument(help="A checkpoint or run directory.")],
     image: Annotated[str | None, typer.Option("--image", help="Image for the feature maps (default: a test image).")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Folder for the PNGs (default: RUN/visualize).")] = None,
+    layer: Annotated[str | None, typer.Option("--layer", help="The layer Grad-CAM reads (default: the last conv "
+                                              "stage).")] = None,
 ) -> None:
-    """Draw the first layer's filters, the feature maps of every conv/pool stage, and the top-k prediction."""
+    """Draw the first layer's filters, the feature maps of every conv/pool stage, the top-k prediction and where the
+    network looks (Grad-CAM, occlusion, saliency; needs the [explain] extra)."""
     from cnnctl.visualize import visualize as run_visualize
 
-    for path in run_visualize(checkpoint, image=image, output=output):
+    for path in run_visualize(checkpoint, image=image, output=output, layer=layer):
         typer.echo(str(path))
 
 

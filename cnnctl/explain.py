@@ -52,7 +52,7 @@ def cross_entropy(steps: dict[str, Any], label: int) -> float:
 def explain_logits(logits: list[float] | torch.Tensor, classes: list[str], label: int | None = None) -> dict[str, Any]:
     """What ``predict --explain`` reports for one image: the softmax steps and, with a known label, its loss."""
     steps = softmax_steps(logits)
-    out: dict[str, Any] = {**steps, "uniform_loss": math.log(len(classes))}
+    out: dict[str, Any] = {"classes": list(classes), **steps, "uniform_loss": math.log(len(classes))}
     if label is not None:
         out["label"] = {"class": classes[label], "index": label}
         out["loss"] = cross_entropy(steps, label)

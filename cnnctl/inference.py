@@ -14,6 +14,7 @@ from cnnctl.checkpoint import load_checkpoint, load_model_state, run_checkpoint
 from cnnctl.config import Config, validate_config
 from cnnctl.engine import evaluate
 from cnnctl.errors import CheckpointError, CnnctlError, DataError, UsageError
+from cnnctl.explain import confident_mistakes, confused_pairs
 from cnnctl.metrics import EvalAccumulator
 from cnnctl.runtime import select_device
 
@@ -52,8 +53,7 @@ def sample_images(ckpt: dict[str, Any], source: str, n: int, *,
     """Up to ``n`` images of the checkpoint's dataset as uint8 ``[N, C, H, W]`` at the checkpoint's input size, their
     labels, and where they came from (``"digits test"``): the first of ``splits`` that has images. Never downloads
     and never computes normalization statistics (the checkpoint has them); DataError when it cannot be read here."""
-    from cnnctl.data.base import TensorSplit, load_data
-    from cnnctl.data.transforms import load_image, resize
+    from cnnctl.data.base import load_data
 
     spec = ckpt["input"]
     channels, size = int(spec["channels"]), (int(spec["size"][0]), int(spec["size"][1]))
@@ -69,13 +69,25 @@ def sample_images(ckpt: dict[str, Any], source: str, n: int, *,
             break
     else:
         raise DataError(f"dataset {cfg.data.dataset!r} has no {' or '.join(splits)} images", file=source)
+    images = split_images(part, range(min(n, len(part))), channels, size)
+    return images, torch.as_tensor(part.labels[:n]), f"{cfg.data.dataset} {name}"
+
+
+def split_images(part: Any, index: Any, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """The images of a split at ``index`` as uint8 ``[N, C, H, W]`` at ``size``, as the network sees them before
+    normalisation (in-memory splits resized, file splits decoded)."""
+    from cnnctl.data.base import TensorSplit
+    from cnnctl.data.transforms import load_image, resize
+
+    rows = list(index)
+    if not rows:
+        return torch.zeros(0, channels, *size, dtype=torch.uint8)
     if isinstance(part, TensorSplit):
-        images = part.images[:n]
+        images = part.images[rows]
         if tuple(images.shape[2:]) != size:
             images = torch.stack([resize(image, size) for image in images])
-    else:
-        images = torch.stack([load_image(f, channels, size) for f in part.files[:n]])
-    return images, torch.as_tensor(part.labels[:n]), f"{cfg.data.dataset} {name}"
+        return images
+    return torch.stack([load_image(part.files[i], channels, size) for i in rows])
 
 
 def _split_for(cfg: Config, split: str, data_root: str | None, seed: int, cache: dict[str, Any]) -> tuple[Any, Any]:
@@ -93,9 +105,18 @@ def _split_for(cfg: Config, split: str, data_root: str | None, seed: int, cache:
     return bundle, part
 
 
+MISTAKES = 32  # the most confidently wrong images listed and drawn
+
+
 def evaluate_checkpoints(paths: list[str], *, split: str = "test", data_root: str | None = None,
-                         device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
-    """Evaluate each checkpoint on ``split``; with several, also their ensemble (mean of softmax)."""
+                         device: str = "auto", batch_size: int | None = None,
+                         plots: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate each checkpoint on ``split``; with several, also their ensemble (mean of softmax).
+
+    The result (the ensemble's, with several) also lists its most confidently wrong images (``mistakes``: split
+    index, true and predicted class, the predicted probability) and the most confused pairs of classes.
+    ``plots``: a folder for confusion_matrix.png, per_class.png and mistakes.png (their paths in ``plots``).
+    """
     from cnnctl.data.base import make_loader
 
     dev = select_device(device)
@@ -108,24 +129,36 @@ def evaluate_checkpoints(paths: list[str], *, split: str = "test", data_root: st
         inp = ckpt["input"]
         loader = make_loader(part, batch_size=batch_size or 2 * cfg.data.batch_size, train=False, device=dev,
                              mean=inp["mean"], std=inp["std"], augment=None, seed=cfg.seed, workers=cfg.data.workers)
-        acc, p = evaluate(model, loader.batches(0), len(ckpt["classes"]), dev, keep_probs=len(paths) > 1)
+        acc, p = evaluate(model, loader.batches(0), len(ckpt["classes"]), dev, keep_probs=True)
         members.append({"checkpoint": str(path), "split": split, **acc.result(ckpt["classes"])})
-        if len(paths) > 1:
-            part_labels = torch.as_tensor(part.labels)
-            if classes is None:
-                classes, labels = ckpt["classes"], part_labels
-            elif ckpt["classes"] != classes or not torch.equal(part_labels, labels):
-                raise UsageError(f"{path}: cannot ensemble it with {members[0]['checkpoint']}: they were trained on "
-                                  "different classes or splits (dataset, seed or val_split differ)")
-            probs.append(p)
+        part_labels = torch.as_tensor(part.labels)
+        if classes is None:
+            classes, labels, first = ckpt["classes"], part_labels, (part, ckpt["input"])
+        elif ckpt["classes"] != classes or not torch.equal(part_labels, labels):
+            raise UsageError(f"{path}: cannot ensemble it with {members[0]['checkpoint']}: they were trained on "
+                             "different classes or splits (dataset, seed or val_split differ)")
+        probs.append(p)
     if len(paths) == 1:
-        return members[0]
-    mean = torch.stack(probs).mean(0)
-    acc = EvalAccumulator(len(classes), torch.device("cpu"))
-    log_p = mean.clamp_min(1e-12).log()
-    acc.update(log_p, labels, nn.functional.nll_loss(log_p, labels, reduction="sum"))
-    ensemble = {"checkpoint": [m["checkpoint"] for m in members], "split": split, **acc.result(classes)}
-    return {"ensemble": ensemble, "members": members}
+        result = target = members[0]
+        final = probs[0]
+    else:
+        final = torch.stack(probs).mean(0)
+        acc = EvalAccumulator(len(classes), torch.device("cpu"))
+        log_p = final.clamp_min(1e-12).log()
+        acc.update(log_p, labels, nn.functional.nll_loss(log_p, labels, reduction="sum"))
+        target = {"checkpoint": [m["checkpoint"] for m in members], "split": split, **acc.result(classes)}
+        result = {"ensemble": target, "members": members}
+    found = confident_mistakes(final, labels, limit=MISTAKES)
+    target["mistakes"] = [{**m, "true": classes[m["true"]], "pred": classes[m["pred"]]} for m in found]
+    target["confused_pairs"] = confused_pairs(target["confusion_matrix"], classes)
+    if plots is not None:
+        from cnnctl.plots import eval_plots
+
+        part, spec = first
+        images = split_images(part, [m["index"] for m in found], int(spec["channels"]),
+                              (int(spec["size"][0]), int(spec["size"][1])))
+        result["plots"] = [str(p) for p in eval_plots(result, Path(plots), mistake_images=images)]
+    return result
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -135,6 +168,15 @@ def format_report(result: dict[str, Any]) -> str:
         lines += [_headline(m["checkpoint"], m) for m in result["members"]]
         return "\n".join(lines) + "\n\n" + _details(result["ensemble"])
     return _headline(result["checkpoint"], result) + "\n\n" + _details(result)
+
+
+def _confusions(r: dict[str, Any]) -> str:
+    pairs = r.get("confused_pairs") or []
+    if not pairs:
+        return ""
+    rows = ["\n\nmost confused (true -> predicted: images)"]
+    rows += [f"  {p['true']} -> {p['pred']}: {p['count']}" for p in pairs]
+    return "\n".join(rows)
 
 
 def _headline(name: str, r: dict[str, Any]) -> str:
@@ -153,7 +195,7 @@ def _details(r: dict[str, Any]) -> str:
     rows.append(" " * width + "  " + " ".join(f"{i:>{cell}}" for i in range(len(cm))))
     for c, row in zip(r["per_class"], cm, strict=True):
         rows.append(f"{c['class']:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
-    return "\n".join(rows)
+    return "\n".join(rows) + _confusions(r)
 
 
 def newest_best(root: Path = Path("runs")) -> Path:

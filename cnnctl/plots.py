@@ -168,10 +168,34 @@ def run_plots(run_dir: Path, summary: dict[str, Any], classes: list[str], stoppe
     return paths
 
 
-def eval_plots(result: dict[str, Any], folder: Path) -> list[Path]:
-    """``cnnctl eval --plots DIR``: the confusion matrix and the per-class bar chart (of the ensemble, if any)."""
+def eval_plots(result: dict[str, Any], folder: Path, *, mistake_images: Any = None) -> list[Path]:
+    """``cnnctl eval --plots DIR``: the confusion matrix, the per-class bar chart and, given the images of
+    ``result``'s mistakes (uint8 ``[N, C, H, W]``, in their order), mistakes.png (of the ensemble, if any)."""
     r = result.get("ensemble", result)
     classes = [c["class"] for c in r["per_class"]]
     title = f"{r['split']}: accuracy {r['accuracy']:.2%}"
-    return [plot_confusion(r["confusion_matrix"], classes, Path(folder) / "confusion_matrix.png", title=title),
-            plot_per_class(r["per_class"], Path(folder) / "per_class.png", title=title)]
+    paths = [plot_confusion(r["confusion_matrix"], classes, Path(folder) / "confusion_matrix.png", title=title),
+             plot_per_class(r["per_class"], Path(folder) / "per_class.png", title=title)]
+    if mistake_images is not None:
+        paths.append(plot_mistakes(mistake_images, r.get("mistakes") or [], Path(folder) / "mistakes.png",
+                                   title=f"{r['split']}: the most confidently wrong of {r['n']} images"))
+    return paths
+
+
+def plot_mistakes(images: Any, mistakes: list[dict[str, Any]], path: Path, *, title: str = "") -> Path:
+    """mistakes.png: the most confidently wrong images (up to 32), each with its true class, the predicted class
+    and the probability the network gave it; ``images`` uint8 ``[N, C, H, W]`` in the order of ``mistakes``."""
+    n = len(mistakes)
+    cols = min(8, max(n, 1))
+    rows = max(1, -(-n // cols))
+    fig, axes = subplots(rows, cols, figsize=(1.6 * cols + 0.4, 1.9 * rows + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, image, m in zip(axes.ravel(), images, mistakes, strict=False):
+        pixels = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+        ax.imshow(pixels, cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(f"#{m['index']} true {m['true']}\npred {m['pred']} {m['prob']:.0%}", fontsize=7, color="tab:red")
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    fig.suptitle(title or "most confident mistakes", fontsize=9)
+    return save_figure(fig, path)

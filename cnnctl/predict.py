@@ -42,12 +42,16 @@ def find_images(inputs: list[str]) -> list[tuple[str, str | None]]:
     return found
 
 
-def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, device: str = "cpu",
-            batch_size: int = 256) -> list[dict[str, Any]]:
+def predict(inputs: list[str], checkpoint: str | Path | None = None, *, topk: int = 5, device: str = "cpu",
+            batch_size: int = 256, explain: bool = False, label: str | None = None,
+            labels_from_folders: bool = False) -> list[dict[str, Any]]:
     """Top-k predictions for each image; a file that cannot be read gets ``error`` instead of ``topk``.
 
     ``checkpoint``: a .pt file, a run directory (its best.pt), an exported .onnx file (run by onnxruntime with the
     preprocessing in its metadata), or None for best.pt of the newest run under ``runs/``.
+    ``explain``: each entry also gets ``explain``: the preprocessing, the logits, the safe softmax step by step and,
+    when the true class is known (``label`` for every image, or each image's folder name with
+    ``labels_from_folders``), the image's cross-entropy loss (``cnnctl.explain``).
     ``check_results(results)`` turns unreadable files into a DataError once the results are shown.
     """
     from cnnctl.data.base import to_model_input
@@ -55,32 +59,33 @@ def predict(inputs: list[str], checkpoint: str | None = None, *, topk: int = 5, 
 
     if topk < 1:
         raise UsageError(f"--topk must be at least 1, not {topk}")
+    if (label is not None or labels_from_folders) and not explain:
+        raise UsageError("--label and --labels-from-folders give the true class for --explain's loss; add --explain")
+    if label is not None and labels_from_folders:
+        raise UsageError("give --label CLASS or --labels-from-folders, not both")
     if checkpoint is not None and Path(checkpoint).suffix == ".onnx":
-        return onnx_predict(checkpoint, inputs, topk=topk, batch_size=batch_size)
+        return onnx_predict(checkpoint, inputs, topk=topk, batch_size=batch_size, explain=explain, label=label,
+                            labels_from_folders=labels_from_folders)
     _, ckpt, model = load_model(checkpoint or newest_best(), device)
     dev = next(model.parameters()).device
     spec, classes = ckpt["input"], ckpt["classes"]
-    k = min(topk, len(classes))
 
-    def classify(images: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
+    def logits_of(images: torch.Tensor) -> torch.Tensor:
         x = to_model_input(images, spec["mean"], spec["std"], dev)
         with torch.inference_mode():
-            top = model(x).float().softmax(1).cpu().topk(k, dim=1)
-        return top.values.tolist(), top.indices.tolist()
+            return model(x).float().cpu()
 
-    return predict_files(inputs, classes, channels=spec["channels"], size=tuple(spec["size"]), batch_size=batch_size,
-                         classify=classify)
+    return predict_files(inputs, classes, spec=spec, batch_size=batch_size, logits_of=logits_of, topk=topk,
+                         explain=explain, label=label, labels_from_folders=labels_from_folders)
 
 
-def onnx_predict(model_path: str | Path, inputs: list[str], topk: int = 5, *,
-                 batch_size: int = 256) -> list[dict[str, Any]]:
+def onnx_predict(model_path: str | Path, inputs: list[str], topk: int = 5, *, batch_size: int = 256,
+                 explain: bool = False, label: str | None = None, labels_from_folders: bool = False) -> list[dict[str, Any]]:
     """``cnnctl predict -c MODEL.onnx``: the results of ``predict``, computed by onnxruntime.
 
     Images are read and normalized as for a checkpoint (``load_image``, ``to_model_input``), with the classes and
     preprocessing stored in the file's metadata.
     """
-    import numpy as np
-
     from cnnctl import onnxrt
     from cnnctl.data.base import to_model_input
 
@@ -92,36 +97,67 @@ def onnx_predict(model_path: str | Path, inputs: list[str], topk: int = 5, *,
     session = onnxrt.session(path)
     meta = onnxrt.metadata(session, path)
     name, batch = session.get_inputs()[0].name, onnxrt.fixed_batch(session)
-    classes = meta["classes"]
-    k = min(topk, len(classes))
 
-    def classify(images: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
+    def logits_of(images: torch.Tensor) -> torch.Tensor:
         x = to_model_input(images, meta["mean"], meta["std"], torch.device("cpu")).numpy()
-        probs = onnxrt.softmax(onnxrt.run_batched(lambda b: session.run(None, {name: b})[0], x, batch))
-        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(probs, top, axis=1).tolist(), top.tolist()
+        return torch.from_numpy(onnxrt.run_batched(lambda b: session.run(None, {name: b})[0], x, batch)).float()
 
-    return predict_files(inputs, classes, channels=meta["channels"], size=tuple(meta["size"]), batch_size=batch_size,
-                         classify=classify)
+    return predict_files(inputs, meta["classes"], spec=meta, batch_size=batch_size, logits_of=logits_of, topk=topk,
+                         explain=explain, label=label, labels_from_folders=labels_from_folders)
 
 
-def predict_files(inputs: list[str], classes: list[str], *, channels: int, size: tuple[int, int], batch_size: int,
-                  classify: Callable[[torch.Tensor], tuple[list[list[float]], list[list[int]]]]) -> list[dict[str, Any]]:
-    """Read ``inputs`` batch by batch; ``classify(uint8 [B, C, H, W])`` gives each image's top-k (probs, indices).
+def preprocessing(spec: dict[str, Any]) -> str:
+    """What is done to a file before the network sees it, in words (``predict --explain``)."""
+    h, w = (int(v) for v in spec["size"])
+    mode = "grayscale (1 channel)" if int(spec["channels"]) == 1 else "RGB (3 channels)"
+    mean = ", ".join(f"{m:.4g}" for m in spec["mean"])
+    std = ", ".join(f"{s:.4g}" for s in spec["std"])
+    return (f"read as {mode}, resized to {h}x{w}, pixels scaled to [0, 1] (/255), then normalised per channel: "
+            f"(x - mean) / std with mean [{mean}], std [{std}]")
+
+
+def _label_index(label: str, classes: list[str]) -> int:
+    if label not in classes:
+        from cnnctl.registry import did_you_mean
+
+        raise UsageError(f"--label {label!r} is not one of the checkpoint's classes{did_you_mean(label, classes)} "
+                         f"Classes: {', '.join(classes)}")
+    return classes.index(label)
+
+
+def predict_files(inputs: list[str], classes: list[str], *, spec: dict[str, Any], batch_size: int,
+                  logits_of: Callable[[torch.Tensor], torch.Tensor], topk: int = 5, explain: bool = False,
+                  label: str | None = None, labels_from_folders: bool = False) -> list[dict[str, Any]]:
+    """Read ``inputs`` batch by batch; ``logits_of(uint8 [B, C, H, W])`` gives the network's logits ``[B, classes]``.
 
     A file that cannot be read gets ``error`` in its entry and the others are still predicted.
     """
+    from cnnctl.explain import explain_logits
+
+    k = min(topk, len(classes))
+    fixed = _label_index(label, classes) if label is not None else None
+    steps = preprocessing(spec) if explain else ""
     results: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], torch.Tensor]] = []
 
     def flush() -> None:
         if not pending:
             return
-        probs, indices = classify(torch.stack([t for _, t in pending]))
-        for (entry, _), p, i in zip(pending, probs, indices, strict=True):
+        logits = logits_of(torch.stack([t for _, t in pending]))
+        top = logits.softmax(1).topk(k, dim=1)
+        for (entry, _), z, p, i in zip(pending, logits, top.values.tolist(), top.indices.tolist(), strict=True):
             entry["topk"] = [{"class": classes[j], "index": j, "prob": q} for q, j in zip(p, i, strict=True)]
+            if explain:
+                truth = fixed
+                if labels_from_folders:
+                    folder = Path(entry["file"]).parent.name
+                    truth = classes.index(folder) if folder in classes else None
+                    if truth is None:
+                        entry["label_note"] = f"folder {folder!r} is not one of the classes; no loss shown"
+                entry["explain"] = {"preprocessing": steps, **explain_logits(z, classes, truth)}
         pending.clear()
 
+    channels, size = int(spec["channels"]), (int(spec["size"][0]), int(spec["size"][1]))
     for file, error in find_images(inputs):
         entry: dict[str, Any] = {"file": file}
         results.append(entry)
@@ -146,6 +182,13 @@ def format_predictions(results: list[dict[str, Any]]) -> str:
             continue
         best = ", ".join(f"{t['class']} {t['prob']:.2%}" for t in r["topk"])
         lines.append(f"{r['file']}: {best}")
+        if "explain" in r:
+            from cnnctl.explain import format_explanation
+
+            ex = r["explain"]
+            if "label_note" in r:
+                lines.append(f"  ({r['label_note']})")
+            lines.append(format_explanation(ex, ex["classes"], ex["preprocessing"]))
     return "\n".join(lines)
 
 

@@ -333,8 +333,40 @@ def input_image(ckpt: dict[str, Any], source: str, image: str | Path | None) -> 
     return images[0], f"{split_name} image 0 of {dataset}", true_class
 
 
-def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output: Path | None = None) -> list[Path]:
-    """Draw filters.png, featuremaps_NN_<stage>.png, overview.png and prediction.png; return their paths.
+def attribution_pngs(model: nn.Module, x: torch.Tensor, picture: torch.Tensor, ckpt: dict[str, Any], target: int,
+                     folder: Path, *, layer: str | None = None, source: str = "") -> list[Path]:
+    """gradcam.png, occlusion.png and saliency.png for class ``target``: where the network looks (Captum).
+
+    Without Captum installed they are skipped with a note (``pip install 'cnnctl[explain]'``), unless ``layer``
+    asks for Grad-CAM explicitly.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("captum") is None:
+        if layer is not None:
+            from cnnctl.attribution import attribution_maps  # raises the install hint
+
+            attribution_maps(model, x, target)
+        log.info("attribution maps skipped: they need Captum (pip install 'cnnctl[explain]')")
+        return []
+    from cnnctl.attribution import attribution_maps, plot_attribution
+
+    # The occluding patch is the training set's mean colour (0 after normalisation): on a dark-background digit a
+    # mid-grey patch adds a stroke where there was none, and its biggest effect fell on the blank border (measured on
+    # lenet5-digits: the peak sat on a 0-valued pixel; with the mean patch it sits on the strokes).
+    found = attribution_maps(model, x, target, layer=layer, grey=0.0, source=source)
+    shown = picture.float().div(255)
+    shown = shown[0].numpy() if shown.shape[0] == 1 else shown.permute(1, 2, 0).numpy()
+    cls = ckpt["classes"][target]
+    return [plot_attribution(shown, heat, method, cls, folder / f"{method}.png", layer=found["layer"])
+            for method, heat in found["maps"].items()]
+
+
+def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output: Path | None = None,
+              layer: str | None = None) -> list[Path]:
+    """Draw filters.png, featuremaps_NN_<stage>.png, overview.png, prediction.png and the attribution maps
+    (gradcam.png, occlusion.png, saliency.png for the true class when known, else the predicted one; Grad-CAM on
+    ``layer`` or the last conv stage); return their paths.
 
     ``checkpoint`` is a ``.pt`` file or a run directory (its ``best.pt``). ``image`` defaults to the first test
     image of the checkpoint's dataset; ``output`` to ``visualize/`` beside the checkpoint. Feature-map PNGs left
@@ -364,6 +396,9 @@ def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output
     probs = logits[0].softmax(0)
     written.append(plot_prediction(picture, probs, list(ckpt["classes"]), caption, folder / "prediction.png",
                                    true_class=true_class))
+    classes = list(ckpt["classes"])
+    target = classes.index(true_class) if true_class in classes else int(probs.argmax())
+    written += attribution_pngs(model, x, picture, ckpt, target, folder, layer=layer, source=str(path))
     for stale in folder.glob("featuremaps_*.png"):
         if _STAGE_FILE.fullmatch(stale.name) and stale not in written:
             stale.unlink(missing_ok=True)

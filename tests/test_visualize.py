@@ -88,13 +88,19 @@ def test_default_run_writes_every_png_at_its_size(cli, run_dir):
     folder = run_dir / "visualize"
     assert all(p.parent == folder and p.is_file() for p in paths)
     names = [p.name for p in paths]
-    assert names[0] == "filters.png" and names[-2:] == ["overview.png", "prediction.png"]
-    stage_files = names[1:-2]
+    attribution = ["gradcam.png", "occlusion.png", "saliency.png"]
+    assert names[0] == "filters.png" and names[-5:] == ["overview.png", "prediction.png", *attribution]
+    stage_files = names[1:-5]
     assert stage_files and stage_files == sorted(stage_files)
     assert all(n.startswith(f"featuremaps_{i:02d}_") for i, n in enumerate(stage_files, 1))
     kinds = ["filters"] + ["featuremaps"] * len(stage_files) + ["overview", "prediction"]
-    for path, kind in zip(paths, kinds, strict=True):
+    for path, kind in zip(paths, kinds, strict=False):
         assert_png(path, kind)
+    from cnnctl.attribution import FIGSIZE as ATTRIBUTION
+
+    for path in paths[-3:]:
+        with Image.open(path) as im:
+            assert im.size == (round(ATTRIBUTION[0] * DPI), round(ATTRIBUTION[1] * DPI))
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
     # The same call again gives the same files in the same order.
     again = cli("visualize", run_dir / "best.pt")

@@ -14,16 +14,16 @@ set -euo pipefail
 
 # ---------------------------------------------------------------- edit here
 # NAME|module file(s) to mutate (globs, comma separated)|fast tests that cover them (pytest arguments)
-# After the engine redesign: callbacks.py -> hooks.py, the loop in engine.py, the resume policy in run.py.
+# The loop is engine.py; early stopping and the best metric live in hooks.py; the resume policy in config.py.
 MODULES=(
-  "callbacks|cnnctl/callbacks.py,cnnctl/hooks.py|tests/test_callbacks.py tests/test_catch_mutations.py::test_early_stopping_min_mode_counts_an_equal_value_as_no_improvement tests/test_catch_mutations.py::test_early_stopping_state_is_a_file_format_and_resumes_mid_wait"
+  "hooks|cnnctl/hooks.py|tests/test_hooks.py tests/test_catch_mutations.py::test_early_stopping_min_mode_counts_an_equal_value_as_no_improvement tests/test_catch_mutations.py::test_early_stopping_state_is_a_file_format_and_resumes_mid_wait"
   "metrics|cnnctl/metrics.py|tests/test_metrics.py tests/test_properties.py -k 'sklearn or metrics'"
   "checkpoint|cnnctl/checkpoint.py|tests/test_catch_mutations.py -k 'atomic'"
   # mutmut's trampolines make Plan.warmup unpicklable: the two tests that torch.save a "none" schedule cannot run
   "optim|cnnctl/optim.py|tests/test_optim.py tests/test_catch_mutations.py::test_plateau_gets_the_first_metric_after_warmup --deselect 'tests/test_optim.py::test_state_round_trip_continues_exactly[none]' --deselect 'tests/test_optim.py::test_replan_continues_on_the_new_plan[none-False]'"
   "config|cnnctl/config.py|tests/test_config.py tests/test_properties.py -k 'not torch'"
   "inference|cnnctl/inference.py|tests/test_catch_mutations.py -k 'ensemble or topk or top5'"
-  "data_split|cnnctl/data/base.py|tests/test_data.py tests/test_properties.py tests/test_catch_mutations.py -k 'stratified or split or derive_seed'"
+  "data_split|cnnctl/data/base.py,cnnctl/data/splits.py|tests/test_data.py tests/test_properties.py tests/test_catch_mutations.py -k 'stratified or split or derive_seed'"
   "engine|cnnctl/engine.py,cnnctl/run.py|tests/test_catch_mutations.py tests/test_train.py"
 )
 PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -141,7 +142,41 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"written by a newer cnnctl (checkpoint format {fmt}; this cnnctl reads up to {FORMAT}); upgrade cnnctl",
             file=str(path))
+    problem = input_problem(data["input"])
+    if problem:
+        raise CheckpointError(f"{problem}; the checkpoint was edited or damaged, use one written by `cnnctl train`",
+                              file=str(path), key="input")
     return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def input_problem(spec: Any) -> str | None:
+    """What is wrong with a checkpoint's ``input`` block (channels, size [H, W], mean, std), or None.
+
+    Every command normalizes with it: a 0 in std made every prediction NaN, a bad size failed deep in the model.
+    """
+    if not isinstance(spec, dict):
+        return f"expected a mapping with channels, size, mean and std, got {type(spec).__name__}"
+    missing = [k for k in ("channels", "size", "mean", "std") if k not in spec]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    channels, size = spec["channels"], spec["size"]
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        return f"channels must be a positive integer, got {str(channels)[:40]!r}"
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)):
+        return f"size must be [height, width] of positive integers, got {str(size)[:40]!r}"
+    for key in ("mean", "std"):
+        values = spec[key]
+        if (not isinstance(values, (list, tuple)) or len(values) != channels
+                or not all(_is_number(v) for v in values)):
+            return f"{key} must be {channels} finite number(s), one per channel, got {str(values)[:60]!r}"
+    if any(v <= 0 for v in spec["std"]):
+        return f"std must be positive (images are divided by it), got {list(spec['std'])}"
+    return None
 
 
 def load_model_state(model: Any, state: dict[str, Any], source: str) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cnnctl import onnxrt
-from cnnctl.errors import CnnctlError, ExportError, UsageError, first_line
+from cnnctl.errors import CnnctlError, ExportError, UsageError, WriteError, first_line
 from cnnctl.onnxrt import INSTALL_HINT, Runner, run_batched, softmax
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ def export(checkpoint: str | Path, *, format: str = "onnx", output: str | Path |
 
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if opset is not None:
+        check_opset(opset, format)
     if format == "onnx":
         _require_onnx()
     source, ckpt, model = load_model(checkpoint, "cpu")
@@ -110,7 +112,7 @@ def export(checkpoint: str | Path, *, format: str = "onnx", output: str | Path |
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CnnctlError(f"cannot create the folder for it: {e.strerror or e}", file=str(target)) from None
+        raise WriteError(str(target.parent), e.strerror or str(e), note="give -o a writable folder or file") from None
     atomic_write(target, lambda f: f.write(data))
     log.info("wrote %s (%.1f MB)", target, len(data) / 1e6)
     return {"path": str(target), "format": format, "exporter": exporter, "max_abs_diff": report["max_abs_diff"],
@@ -181,11 +183,39 @@ def _require_onnx() -> None:
                               f"imported ({first_line(e)}); install them with: {INSTALL_HINT}") from None
 
 
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets torch.onnx can write (torch 2.14: 7 to 23)."""
+    try:
+        from torch.onnx import _constants
+
+        return _constants.ONNX_MIN_OPSET, _constants.ONNX_MAX_OPSET
+    except (ImportError, AttributeError):  # a private module: the figures of torch 2.14
+        return 7, 23
+
+
+def check_opset(opset: int, format: str) -> None:
+    """Refuse an opset torch.onnx cannot write, before anything is loaded or written."""
+    if format != "onnx":
+        raise UsageError(f"--opset {opset}: only --format onnx has opsets; leave --opset out for {format}")
+    low, high = opset_range()
+    if not low <= opset <= high:
+        raise UsageError(f"--opset {opset}: torch.onnx {torch.__version__.split('+')[0]} writes opsets {low} to "
+                         f"{high}; leave --opset out for its default")
+
+
+def _opset_of(proto: Any) -> int | None:
+    return next((i.version for i in proto.opset_import if i.domain in ("", "ai.onnx")), None)
+
+
 def _export_onnx(model: nn.Module, example: torch.Tensor, meta: dict[str, Any], *, opset: int | None,
                  dynamic_batch: bool) -> tuple[bytes, str]:
     model = _onnx_friendly(model)
     try:
         proto, exporter = _dynamo_onnx(model, example, opset, dynamic_batch), "torch.onnx (dynamo)"
+        if opset is not None and _opset_of(proto) != opset:
+            # the dynamo exporter writes opset 18 and converts down on a best-effort basis; a failed conversion
+            # leaves 18 with only a log line, so the TorchScript-based exporter gets its turn
+            raise ExportError(f"it wrote opset {_opset_of(proto)}, not {opset}")
     except Exception as e:  # the dynamo exporter raises many types; the TorchScript-based one may still work
         log.warning("the dynamo ONNX exporter failed (%s); falling back to the TorchScript-based exporter",
                     first_line(e))
@@ -195,6 +225,10 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, meta: dict[str, Any], 
             raise ExportError(f"torch.onnx cannot export {meta['arch']}: the dynamo exporter failed with "
                               f"{first_line(e)!r}; the TorchScript-based one with {first_line(e2)!r}. "
                               "Try --format torchscript") from None
+        if opset is not None and _opset_of(proto) != opset:
+            raise ExportError(f"torch.onnx cannot write {meta['arch']} as opset {opset} (the dynamo exporter "
+                              f"failed with {first_line(e)!r}; the TorchScript-based one wrote opset "
+                              f"{_opset_of(proto)}); nothing was written. Try --opset 18 or leave it out") from None
     keys = set(meta)
     kept = [p for p in proto.metadata_props if p.key not in keys]
     del proto.metadata_props[:]

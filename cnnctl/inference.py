@@ -90,6 +90,19 @@ def split_images(part: Any, index: Any, channels: int, size: tuple[int, int]) ->
     return torch.stack([load_image(part.files[i], channels, size) for i in rows])
 
 
+def check_classes(trained: Any, data: Any, source: str, data_root: str) -> None:
+    """Refuse data whose classes are not the checkpoint's, in the same order: another count crashed the loss,
+    the same count under other names reported silently under the wrong labels."""
+    trained, data = [str(c) for c in trained], [str(c) for c in data]
+    if trained != data:
+        def shown(names: list[str]) -> str:
+            return ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+
+        raise DataError(f"the data in {data_root} has {len(data)} classes ({shown(data)}), the checkpoint was trained "
+                        f"on {len(trained)} ({shown(trained)}); evaluate it on data with the classes it was trained "
+                        "on", file=source)
+
+
 def _split_for(cfg: Config, split: str, data_root: str | None, seed: int, cache: dict[str, Any]) -> tuple[Any, Any]:
     from cnnctl.data.base import load_data
 
@@ -125,7 +138,8 @@ def evaluate_checkpoints(paths: list[str], *, split: str = "test", data_root: st
     for spec in paths:
         path, ckpt, model = load_model(spec, dev)
         cfg = checkpoint_config(ckpt, str(path))
-        _, part = _split_for(cfg, split, data_root, cfg.seed, cache)
+        bundle, part = _split_for(cfg, split, data_root, cfg.seed, cache)
+        check_classes(ckpt["classes"], bundle.classes, str(path), data_root or cfg.data.root)
         inp = ckpt["input"]
         loader = make_loader(part, batch_size=batch_size or 2 * cfg.data.batch_size, train=False, device=dev,
                              mean=inp["mean"], std=inp["std"], augment=None, seed=cfg.seed, workers=cfg.data.workers)

@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.errors import CnnctlError, DataError, UsageError
 
 DPI = 100
 FIGSIZE = {"curves": (13.0, 4.0), "confusion": (7.0, 6.0), "per_class": (9.0, 4.0), "comparison": (8.0, 5.0)}
@@ -58,8 +58,20 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise CnnctlError(f"{run_dir}: no metrics.csv here; give a run directory written by `cnnctl train`")
+    rows = []
     with path.open(newline="") as f:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        for row in reader:
+            parsed: dict[str, float | None] = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = float(value) if value not in ("", None) else None
+                except (ValueError, TypeError):  # TypeError: a row longer than the header (key None, a list)
+                    column = repr(key) if key is not None else "past the header's last"
+                    raise DataError(f"line {reader.line_num}, column {column}: {str(value)[:40]!r} is not a number; "
+                                    "metrics.csv is written by `cnnctl train`, was it edited?", file=str(path)) from None
+            rows.append(parsed)
+    return rows
 
 
 def plot_curves(rows: list[dict[str, float | None]], path: Path, *, best_epoch: int | None = None,

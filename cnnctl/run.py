@@ -32,7 +32,7 @@ from cnnctl.config import Config, ResolvedRun, resolve_run
 from cnnctl.data.base import DataBundle, load_data, make_loader
 from cnnctl.distributed import DistContext
 from cnnctl.engine import EpochState, evaluate, fit
-from cnnctl.errors import ConfigError, Interrupted, UsageError
+from cnnctl.errors import CnnctlError, ConfigError, Interrupted, TrainingError, UsageError, WriteError, first_line
 from cnnctl.hooks import (
     BestMetric,
     EarlyStopping,
@@ -48,6 +48,8 @@ from cnnctl.hooks import (
 )
 from cnnctl.models.registry import create_model
 from cnnctl.optim import create_optimizer, create_scheduler
+from cnnctl.runlock import LOCK_NAME, RunLock
+from cnnctl.runs import STATUS_FILE
 from cnnctl.runtime import (
     autocast_dtype,
     precision_name,
@@ -92,6 +94,7 @@ class Run:
     stop_reason: str | None = None  # set by a hook: training ends after this epoch
     stop_after_step: bool = False  # set by a hook: the epoch ends after this step
     interrupted: int | None = None  # the signal that asked training to stop
+    lock: RunLock | None = None  # rank 0's hold on run_dir/.lock while the run is trained
 
     def checkpoint(self, partial: EpochState | None = None) -> dict[str, Any]:
         callbacks: dict[str, Any] = {"early_stopping": None}
@@ -178,13 +181,24 @@ def build_run(config: Config, *, dist: DistContext | None = None, device: str | 
     es = cfg.train.early_stopping
     early_stopping = EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best) if es else None
     best = BestMetric(cfg.train.checkpoint.monitor)
-    run_dir = resume.resume_from.parent if resume is not None and resume.resume_from else _new_run_dir(cfg, dist)
-    run = Run(cfg, data, model, module, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing), dev, amp_dtype,
-              channels_last, train_loader, val_loader, test_loader, optimizer, scheduler, scaler, best, early_stopping,
-              _hooks(cfg, run_dir, dist, scheduler, best, early_stopping, hooks), dist, run_dir)
-    if resume is not None and resume.checkpoint is not None:
-        restore(run, resume.checkpoint, source=str(resume.resume_from))
-    _open_run_dir(run)
+    resuming = resume is not None and resume.resume_from is not None
+    run_dir = resume.resume_from.parent if resuming else _new_run_dir(cfg, dist)
+    # Taken before anything is written there, so a second writer is refused before it changes a file.
+    lock = RunLock(run_dir).acquire() if dist.is_main else None
+    try:
+        run = Run(cfg, data, model, module, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing), dev,
+                  amp_dtype, channels_last, train_loader, val_loader, test_loader, optimizer, scheduler, scaler, best,
+                  early_stopping, _hooks(cfg, run_dir, dist, scheduler, best, early_stopping, hooks), dist, run_dir,
+                  lock=lock)
+        if resume is not None and resume.checkpoint is not None:
+            restore(run, resume.checkpoint, source=str(resume.resume_from))
+        _open_run_dir(run, resuming=resuming)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        if not resuming and dist.is_main:
+            remove_if_empty(run_dir)
+        raise
     return run
 
 
@@ -258,8 +272,14 @@ def restore(run: Run, ckpt: dict[str, Any], *, source: str = "checkpoint") -> No
 
 
 def new_run_dir(out: Path, name: str) -> Path:
-    """``OUT/NAME``, or ``NAME-2``, ``NAME-3``... when it exists."""
-    out.mkdir(parents=True, exist_ok=True)
+    """``OUT/NAME``, or ``NAME-2``, ``NAME-3``... when it exists. WriteError (naming the folder and the reason)
+    when ``out`` cannot hold it: read-only, a regular file, under a regular file."""
+    if out.exists() and not out.is_dir():
+        raise WriteError(str(out), "it is a file, not a folder", note="give --out a folder for run directories")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(str(out), e.strerror or first_line(e), note="give --out a writable folder") from None
     for i in range(1, 100_000):
         path = out / (name if i == 1 else f"{name}-{i}")
         try:
@@ -267,6 +287,8 @@ def new_run_dir(out: Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as e:
+            raise WriteError(str(path), e.strerror or first_line(e), note="give --out a writable folder") from None
     raise UsageError(f"{out}: too many runs named {name}; use --name")
 
 
@@ -280,11 +302,27 @@ def _new_run_dir(cfg: Config, dist: DistContext) -> Path:
     return run_dir
 
 
-def _open_run_dir(run: Run) -> None:
+def remove_if_empty(run_dir: Path) -> None:
+    """Remove a run directory this run created that holds nothing but its lock (it failed before writing)."""
+    try:
+        if {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:  # unreadable or not ours to remove: leaving it is harmless
+        pass
+
+
+def _open_run_dir(run: Run, *, resuming: bool = False) -> None:
     if not run.dist.is_main:
         return
     for stale in run.run_dir.glob(".*.tmp"):  # a save that a kill interrupted
         stale.unlink(missing_ok=True)
+    if resuming:  # a failure a resume continues from is no longer the run's state
+        try:
+            (run.run_dir / STATUS_FILE).unlink(missing_ok=True)
+        except OSError as e:
+            raise WriteError(str(run.run_dir / STATUS_FILE), e.strerror or first_line(e),
+                             note="the run directory must be writable to resume it") from None
     write_text(run.run_dir / "config.yaml", run.config.to_yaml())
     log.info("run directory: %s  (device %s, %s, %d parameters)", run.run_dir, run.device,
              precision_name(run.amp_dtype), sum(p.numel() for p in run.model.parameters()))
@@ -409,6 +447,7 @@ def train_resolved(resolved: ResolvedRun, *, device: str | None = None, hooks: S
     config = resolved.config
     dist = DistContext.from_env(device or config.train.device)
     finished = False
+    run: Run | None = None
     try:
         run = build_run(config, dist=dist, device=device, hooks=list(hooks), resume=resolved)
         started = time.perf_counter()
@@ -418,8 +457,30 @@ def train_resolved(resolved: ResolvedRun, *, device: str | None = None, hooks: S
         summary = finish(run, wall_seconds=time.perf_counter() - started)
         finished = True
         return summary
+    except Exception as e:
+        if run is not None and run.dist.is_main and _is_failure(e):
+            _write_failed(run.run_dir, e)
+        raise
     finally:
+        # released here, not at exit: a notebook's process lives on and may train this run again
+        if run is not None and run.lock is not None:
+            run.lock.release()
         dist.close(finished=finished)
+
+
+def _is_failure(error: Exception) -> bool:
+    """A failure ``cnnctl runs`` should show: a run-time one (non-finite loss, failed write) or a crash, not an
+    interruption (last.pt says it all) nor bad input."""
+    if isinstance(error, Interrupted):
+        return False
+    return isinstance(error, (TrainingError, WriteError)) or not isinstance(error, CnnctlError)
+
+
+def _write_failed(run_dir: Path, error: Exception) -> None:
+    try:
+        write_json(run_dir / STATUS_FILE, {"status": "failed", "reason": first_line(error)})
+    except WriteError as e:  # the failure itself may be the disk: the error that ended the run is what to report
+        log.warning("%s", e)
 
 
 def resume_command(run_dir: Path, overrides: Sequence[str]) -> str:

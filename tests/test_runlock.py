@@ -94,8 +94,6 @@ def test_unwritable_run_directory_is_a_write_error(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="training takes the run lock once the engine acquires RunLock (run.py after the "
-                   "redesign); then this passes: remove this mark")
 def test_two_trainers_on_one_run_the_second_refused_with_the_first_pid(tmp_path):
     from tests.conftest import write_config
 

@@ -160,3 +160,25 @@ def test_tensorboard_gets_the_recorder_scalars(tmp_path, cli):
     tags = set(EventAccumulator(str(tmp_path / "runs" / "tb" / "tensorboard")).Reload().Tags()["scalars"])
     assert {f"grad_norm/{name}" for name in LENET_LAYERS} <= tags
     assert {"update_ratio/features.0", "dead_fraction/features.1"} <= tags
+
+
+def test_visualize_names_dead_units_from_the_run_statistics(reference, tmp_path, caplog):
+    from cnnctl.visualize import dead_channels, visualize
+
+    _, run = reference
+    layers = json.loads((run / "summary.json").read_text())["activations"]["layers"]
+    with caplog.at_level("INFO", logger="cnnctl"):
+        visualize(run, output=tmp_path / "vis")
+    sentence = dead_channels(run / "summary.json")
+    assert sentence in caplog.text and "validation split after epoch 2" in sentence
+    for layer in layers:
+        if layer["dead_units"]:
+            assert f"{layer['layer']} {', '.join(map(str, layer['dead_units']))}" in sentence
+    summary = {"activations": {"epoch": 3, "layers": [{"layer": "l.1", "dead_units": [2, 5]},
+                                                       {"layer": "l.3", "dead_units": []},
+                                                       {"layer": "s", "dead_units": None}]}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert dead_channels(tmp_path / "summary.json") == ("dead units over the validation split after epoch 3 "
+                                                        "(summary.json): l.1 2, 5")
+    (tmp_path / "summary.json").write_text(json.dumps({"name": "x"}))
+    assert dead_channels(tmp_path / "summary.json") is None and dead_channels(tmp_path / "nothing.json") is None

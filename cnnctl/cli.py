@@ -53,14 +53,6 @@ class ExportFormat(str, Enum):
     torchscript = "torchscript"
 
 
-class PlotMetric(str, Enum):
-    val_acc = "val_acc"
-    val_loss = "val_loss"
-    train_acc = "train_acc"
-    train_loss = "train_loss"
-    lr = "lr"
-
-
 class TuneMetric(str, Enum):
     val_acc = "val_acc"
     val_loss = "val_loss"
@@ -229,13 +221,37 @@ def configs() -> None:
 @handle_errors
 def plot(
     runs: Annotated[list[str], typer.Argument(help="Run directories to overlay.")],
-    metric: Annotated[PlotMetric, typer.Option("--metric", help="The metric to overlay.")] = PlotMetric.val_acc,
+    metric: Annotated[str, typer.Option("--metric", help="Any metrics.csv column (val_acc, train_loss, lr, "
+                                        "epoch_seconds...), or grad_norm / update_ratio from gradients.csv.")] = "val_acc",
+    gradients: Annotated[bool, typer.Option("--gradients", help="Overlay the runs' gradient flow: the last "
+                                            "epoch's grad_norm per layer (same as --metric grad_norm).")] = False,
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")] = Path("comparison.png"),
 ) -> None:
     """Overlay the curves of several runs (e.g. one network trained with different optimizers)."""
     from cnnctl.plots import plot_runs
 
-    typer.echo(str(plot_runs(runs, metric=metric.value, output=output)))
+    typer.echo(str(plot_runs(runs, metric="grad_norm" if gradients else metric, output=output)))
+
+
+@app.command("lr-find")
+@handle_errors
+def lr_find(
+    config: Annotated[str, typer.Argument(help="A YAML config file or a bundled config name.")],
+    set_: SetOption = None,
+    start: Annotated[float, typer.Option("--start", help="First learning rate.")] = 1e-7,
+    end: Annotated[float, typer.Option("--end", help="Last learning rate.")] = 10.0,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps from --start to --end.")] = 200,
+    out: Annotated[str | None, typer.Option("--out", help="Folder for lr-find-NAME/ (default: the config's out).")] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Learning-rate range test (Smith 2017): raise the lr exponentially from the config's initial state, stop when
+    the loss diverges, draw loss vs lr to lr_find.png and print a suggested lr. Writes only OUT/lr-find-NAME/."""
+    from cnnctl.config import load_config
+    from cnnctl.lr_find import format_result, lr_find_command
+
+    _configure(threads=load_config(config, set_)[0].train.threads)
+    result = lr_find_command(config, set_, start=start, end=end, steps=steps, out=out, device=device)
+    typer.echo(format_result(result))
 
 
 @app.command()

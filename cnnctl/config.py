@@ -223,6 +223,9 @@ class TrainConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tensorboard: bool = False
     sync_bn: bool = False
+    # gradients.csv/png: every Nth step of an epoch sampled (null: off); the default's cost is in the README
+    record_gradients_every: Annotated[int, Field(ge=1, le=1_000_000)] | None = 20
+    record_activations: bool = True  # activations.png: dead/saturated units over the val split, each epoch
 
     @field_validator("device")
     @classmethod
@@ -666,6 +669,7 @@ def flatten_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # Keys that may change on --resume without changing what the run means (the README lists them).
 RESUME_ALLOWED = (
     "name", "out", "train.epochs", "train.device", "train.threads", "train.compile", "train.tensorboard",
+    "train.record_gradients_every", "train.record_activations",
     "train.early_stopping.patience", "train.early_stopping.min_delta", "train.early_stopping.restore_best",
     "train.checkpoint.save_every", "train.checkpoint.save_every_steps", "data.root", "data.download", "data.workers",
     "data.eval_batch_size", "data.cache", "data.cache_dir",

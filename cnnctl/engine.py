@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cnnctl.errors import TrainingError
-from cnnctl.hooks import steps_hooks
+from cnnctl.hooks import optimizer_step_hooks, steps_hooks
 from cnnctl.metrics import EvalAccumulator
 
 if TYPE_CHECKING:
@@ -73,11 +73,16 @@ class EpochState:
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator,
                     state: EpochState, *, scaler: Any = None, amp_dtype: torch.dtype | None = None,
                     grad_clip: float | None = None,
-                    on_step_end: Callable[[EpochState], bool] | None = None) -> EpochState:
+                    on_step_end: Callable[[EpochState], bool] | None = None,
+                    before_optimizer_step: Callable[[EpochState], None] | None = None,
+                    after_optimizer_step: Callable[[EpochState], None] | None = None,
+                    wants_unscaled: Callable[[EpochState], bool] | None = None) -> EpochState:
     """Train over ``batches``, filling ``state`` step by step.
 
     ``on_step_end(state)`` runs after every optimizer step (``fit`` passes its hooks' event); True ends the epoch
-    after this step.
+    after this step. ``before_optimizer_step(state)`` sees the gradients (unscaled, before clipping; with a
+    GradScaler they are unscaled for it when ``wants_unscaled(state)`` says so), ``after_optimizer_step(state)``
+    the updated weights; ``state.step`` is still this step's index within the epoch in both.
     """
     model.train()
     for x, y in batches:
@@ -87,16 +92,25 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
-            if grad_clip is not None:
+            # unscale_ once per step at most: scaler.step does not unscale again after it
+            if grad_clip is not None or (before_optimizer_step is not None and wants_unscaled is not None
+                                         and wants_unscaled(state)):
                 scaler.unscale_(optimizer)
+            if before_optimizer_step is not None:
+                before_optimizer_step(state)
+            if grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            if before_optimizer_step is not None:
+                before_optimizer_step(state)
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
+        if after_optimizer_step is not None:
+            after_optimizer_step(state)
         i = state.step
         state.losses[i] = loss.detach()
         state.correct[i] = (logits.detach().argmax(1) == y).sum()
@@ -131,6 +145,25 @@ class Events:
         self.run = run
         self.hooks = list(run.hooks)
         self.per_step = steps_hooks(self.hooks)
+        self.before, self.after = optimizer_step_hooks(self.hooks)
+
+    def step_callbacks(self) -> dict[str, Any]:
+        """``train_one_epoch``'s optimizer-step callbacks: only those some hook listens to (None keeps the hot
+        path free)."""
+        return {"before_optimizer_step": self.before_optimizer_step if self.before else None,
+                "after_optimizer_step": self.after_optimizer_step if self.after else None,
+                "wants_unscaled": self.wants_unscaled if self.before else None}
+
+    def wants_unscaled(self, state: EpochState) -> bool:
+        return any(hook.wants_unscaled_gradients(self.run, state) for hook in self.before)
+
+    def before_optimizer_step(self, state: EpochState) -> None:
+        for hook in self.before:
+            hook.on_before_optimizer_step(self.run, state)
+
+    def after_optimizer_step(self, state: EpochState) -> None:
+        for hook in self.after:
+            hook.on_after_optimizer_step(self.run, state)
 
     def train_start(self) -> None:
         for hook in self.hooks:
@@ -173,7 +206,7 @@ def fit(run: Run) -> None:
             t0 = time.perf_counter()
             train_one_epoch(run.module, run.criterion, run.optimizer, run.train_loader.batches(epoch, start=state.step),
                             state, scaler=run.scaler, amp_dtype=run.amp_dtype, grad_clip=cfg.train.grad_clip,
-                            on_step_end=events.step_end)
+                            on_step_end=events.step_end, **events.step_callbacks())
             if run.stop_after_step:
                 break
             state.check_finite(epoch, kept=run.has_checkpoint())

@@ -59,7 +59,10 @@ def sample_images(ckpt: dict[str, Any], source: str, n: int, *,
     channels, size = int(spec["channels"]), (int(spec["size"][0]), int(spec["size"][1]))
     cfg = checkpoint_config(ckpt, source)
     try:
-        bundle = load_data(cfg.data.model_copy(update={"download": False, "normalize": "none"}), cfg.seed)
+        quiet = {"download": False, "normalize": "none"}
+        if cfg.data.dataset == "imagefolder":  # a few images: never decode the whole folder for them
+            quiet["cache"] = "none"
+        bundle = load_data(cfg.data.model_copy(update=quiet), cfg.seed)
     except CnnctlError as e:
         raise DataError(f"the checkpoint's dataset {cfg.data.dataset!r} cannot be loaded here (nothing is "
                         f"downloaded for this): {e}", file=source) from None
@@ -107,6 +110,8 @@ def _split_for(cfg: Config, split: str, data_root: str | None, seed: int, cache:
     from cnnctl.data.base import load_data
 
     data_cfg = cfg.data.model_copy(update={"root": data_root}) if data_root else cfg.data
+    if data_cfg.dataset == "imagefolder":  # one split is read once: decoding the whole folder first would not pay
+        data_cfg = data_cfg.model_copy(update={"cache": "none"})
     key = json.dumps([data_cfg.model_dump(mode="json"), seed])
     if key not in cache:
         cache[key] = load_data(data_cfg, seed)

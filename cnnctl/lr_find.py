@@ -54,17 +54,15 @@ class _Setup:
 
 
 def _assemble(config: Config, device: str | None) -> _Setup:
-    """Model, data and optimizer as training builds them: the one call into the run assembly.
-
-    (After the redesign: build with run.py's assembly instead of ``engine.build_run``; nothing else changes.)
-    """
+    """Model, data and optimizer as training builds them (``run.assemble``: no run directory, no hooks)."""
     import torch
 
-    from cnnctl.engine import build_run
+    from cnnctl.distributed import DistContext
     from cnnctl.optim import create_optimizer
+    from cnnctl.run import assemble
 
-    run = build_run(config, device=device)
-    # A fresh optimizer of the same kind and settings: build_run's schedule has already moved the lrs (warmup
+    run = assemble(config, dist=DistContext(), device=device)  # one process, even under torchrun
+    # A fresh optimizer of the same kind and settings: assemble's schedule has already moved the lrs (warmup
     # starts low) and, for onecycle, the momentum; the range test sets the lr itself.
     optimizer = create_optimizer(run.model, config.optimizer)
     scaler = torch.amp.GradScaler(run.device.type) if run.amp_dtype == torch.float16 else None
@@ -73,7 +71,7 @@ def _assemble(config: Config, device: str | None) -> _Setup:
 
 
 def _out_folder(out_dir: str | Path, name: str) -> Path:
-    from cnnctl.engine import new_run_dir
+    from cnnctl.run import new_run_dir
 
     return new_run_dir(Path(out_dir), f"lr-find-{name}")
 

@@ -8,10 +8,12 @@ is never imported, so its global figure list and a notebook's chosen backend are
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import CnnctlError, DataError, UsageError
+from cnnctl.registry import did_you_mean
 
 DPI = 100
 FIGSIZE = {"curves": (13.0, 4.0), "confusion": (7.0, 6.0), "per_class": (9.0, 4.0), "comparison": (8.0, 5.0)}
@@ -149,12 +151,19 @@ def plot_per_class(per_class: list[dict[str, Any]], path: Path, *, title: str = 
 
 
 def plot_runs(runs: list[str], *, metric: str = "val_acc", output: Path = Path("comparison.png")) -> Path:
-    """The runs' ``metric`` per epoch overlaid, one line per run, labelled with the run's name."""
-    if metric not in METRICS:
-        raise UsageError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
+    """The runs' ``metric`` overlaid, one line per run, labelled with the run's name: any metrics.csv column per
+    epoch, or ``grad_norm`` / ``update_ratio``: the last epoch's value per layer from each run's gradients.csv
+    (layer index on x, input to output, log y: gradient flow side by side)."""
+    if metric in GRADIENT_METRICS:
+        return _plot_gradient_runs(runs, metric, output)
     fig, ax = subplots(figsize=FIGSIZE["comparison"], layout="constrained")
     for run in runs:
         rows = read_metrics(run)
+        columns = [c for c in rows[0] if c != "epoch"] if rows else list(METRICS)
+        if metric not in columns:
+            choices = sorted({*columns, *GRADIENT_METRICS})
+            raise UsageError(f"--metric {metric!r}: {run}/metrics.csv has no such column; choose one of "
+                             f"{', '.join(choices)}{did_you_mean(metric, choices)}")
         values = [r.get(metric) for r in rows]
         if not any(v is not None for v in values):
             raise CnnctlError(f"{run}: metrics.csv has no {metric} values (no validation split?); choose another --metric")
@@ -165,6 +174,33 @@ def plot_runs(runs: list[str], *, metric: str = "val_acc", output: Path = Path("
     if metric == "lr" or metric.endswith("loss"):
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, Path(output))
+
+
+GRADIENT_METRICS = ("grad_norm", "update_ratio")
+
+
+def _plot_gradient_runs(runs: list[str], metric: str, output: Path) -> Path:
+    fig, ax = subplots(figsize=FIGSIZE["comparison"], layout="constrained")
+    for run in runs:
+        path = Path(run) / "gradients.csv"
+        if not path.is_file():
+            raise CnnctlError(f"{run}: no gradients.csv here; train with train.record_gradients_every set (e.g. "
+                              "--set train.record_gradients_every=20)")
+        with path.open(newline="") as f:  # (recorders.read_gradients: importing it here would close a cycle)
+            rows = [(int(r["epoch"]), float(r[metric]) if r[metric] else None) for r in csv.DictReader(f)]
+        if not rows:
+            raise CnnctlError(f"{path}: no rows yet (no epoch finished); choose another run")
+        last = max(e for e, _ in rows)
+        values = [v for e, v in rows if e == last]
+        ax.plot(range(len(values)), [math.nan if v is None or v <= 0 else v for v in values], marker="o",
+                markersize=3, label=f"{Path(run).name} (epoch {last})")
+    ax.set_xlabel("layer with parameters (0 = input side)")
+    ax.set_ylabel(f"{metric} (last epoch, mean over sampled steps)")
+    ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3, which="major")
     ax.legend(fontsize=8)
     return save_figure(fig, Path(output))
 

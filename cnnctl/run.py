@@ -34,9 +34,11 @@ from cnnctl.distributed import DistContext
 from cnnctl.engine import EpochState, evaluate, fit
 from cnnctl.errors import CnnctlError, ConfigError, Interrupted, TrainingError, UsageError, WriteError, first_line
 from cnnctl.hooks import (
+    ActivationStatsHook,
     BestMetric,
     EarlyStopping,
     EpochCheckpoint,
+    GradientRecorderHook,
     Hook,
     Interruption,
     LRSchedule,
@@ -134,14 +136,27 @@ class Run:
 # ---------------------------------------------------------------- assembly
 
 
-def build_run(config: Config, *, dist: DistContext | None = None, device: str | None = None,
-              hooks: Sequence[Hook] = (), resume: ResolvedRun | None = None) -> Run:
-    """Data, model, the training module, optimizer, schedule, hooks and run directory for ``config``, on the chosen
-    device; with ``resume`` (a resolved resume), its checkpoint's state restored into them.
+@dataclass
+class Parts:
+    """What a config trains, assembled: no run directory, no hooks (``lr_find`` uses these alone)."""
 
-    ``hooks`` are the caller's own (``cnnctl.hooks.Hook`` subclasses); they run after early stopping and before
-    metrics.csv, TensorBoard and the checkpoints, so a stop they ask for is saved in this epoch's last.pt.
-    """
+    data: DataBundle
+    model: nn.Module
+    module: nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    train_loader: Any
+    val_loader: Any | None
+    test_loader: Any | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+
+
+def assemble(config: Config, *, dist: DistContext | None = None, device: str | None = None) -> Parts:
+    """Seed, device, data, model, loaders, optimizer, schedule, scaler and the training module for ``config``.
+    Writes nothing."""
     cfg = config
     dist = dist or DistContext.from_env(device or cfg.train.device)
     seed_everything(cfg.seed)
@@ -150,7 +165,7 @@ def build_run(config: Config, *, dist: DistContext | None = None, device: str | 
     channels_last = use_channels_last(cfg.train.channels_last, dev)
     if cfg.train.tensorboard and dist.is_main:
         require_tensorboard()
-    data = load_data(cfg.data, cfg.seed)
+    data = load_data(cfg.data, cfg.seed, device=dev)  # cache: auto budgets GPU memory when training on CUDA
     _check_monitors(cfg, has_val=data.val is not None)
     model = create_model(cfg.model, in_channels=data.channels, image_size=data.size, num_classes=len(data.classes))
     from cnnctl.models.summary import check_input
@@ -177,7 +192,21 @@ def build_run(config: Config, *, dist: DistContext | None = None, device: str | 
     module: nn.Module = torch.compile(model) if cfg.train.compile else model
     if dist.world_size > 1:
         module = nn.parallel.DistributedDataParallel(module, device_ids=[dist.local_rank] if dev.type == "cuda" else None)
+    return Parts(data, model, module, dev, amp_dtype, channels_last, train_loader, val_loader, test_loader, optimizer,
+                 scheduler, scaler)
 
+
+def build_run(config: Config, *, dist: DistContext | None = None, device: str | None = None,
+              hooks: Sequence[Hook] = (), resume: ResolvedRun | None = None) -> Run:
+    """Data, model, the training module, optimizer, schedule, hooks and run directory for ``config``, on the chosen
+    device; with ``resume`` (a resolved resume), its checkpoint's state restored into them.
+
+    ``hooks`` are the caller's own (``cnnctl.hooks.Hook`` subclasses); they run after early stopping and before
+    metrics.csv, TensorBoard and the checkpoints, so a stop they ask for is saved in this epoch's last.pt.
+    """
+    cfg = config
+    dist = dist or DistContext.from_env(device or cfg.train.device)
+    p = assemble(cfg, dist=dist, device=device)
     es = cfg.train.early_stopping
     early_stopping = EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.restore_best) if es else None
     best = BestMetric(cfg.train.checkpoint.monitor)
@@ -186,10 +215,10 @@ def build_run(config: Config, *, dist: DistContext | None = None, device: str | 
     # Taken before anything is written there, so a second writer is refused before it changes a file.
     lock = RunLock(run_dir).acquire() if dist.is_main else None
     try:
-        run = Run(cfg, data, model, module, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing), dev,
-                  amp_dtype, channels_last, train_loader, val_loader, test_loader, optimizer, scheduler, scaler, best,
-                  early_stopping, _hooks(cfg, run_dir, dist, scheduler, best, early_stopping, hooks), dist, run_dir,
-                  lock=lock)
+        run = Run(cfg, p.data, p.model, p.module, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing),
+                  p.device, p.amp_dtype, p.channels_last, p.train_loader, p.val_loader, p.test_loader, p.optimizer,
+                  p.scheduler, p.scaler, best, early_stopping, _hooks(cfg, run_dir, dist, p, best, early_stopping, hooks),
+                  dist, run_dir, lock=lock)
         if resume is not None and resume.checkpoint is not None:
             restore(run, resume.checkpoint, source=str(resume.resume_from))
         _open_run_dir(run, resuming=resuming)
@@ -202,15 +231,20 @@ def build_run(config: Config, *, dist: DistContext | None = None, device: str | 
     return run
 
 
-def _hooks(cfg: Config, run_dir: Path, dist: DistContext, scheduler: Any, best: BestMetric,
+def _hooks(cfg: Config, run_dir: Path, dist: DistContext, parts: Parts, best: BestMetric,
            early_stopping: EarlyStopping | None, extra: Sequence[Hook]) -> list[Hook]:
     """The run's hooks in the order they run at each event: the schedule first (later hooks read its lr), the
-    stop decisions before the writers, the checkpoints last (a stop decided this epoch is saved with it)."""
-    hooks: list[Hook] = [LRSchedule(scheduler), best]
+    stop decisions before the writers, the recorders before TensorBoard (which flushes their scalars), the
+    checkpoints last (a stop decided this epoch, and the recorders' state, are saved with it)."""
+    hooks: list[Hook] = [LRSchedule(parts.scheduler), best]
     if early_stopping is not None:
         hooks.append(early_stopping)
     hooks += list(extra)
     if dist.is_main:
+        if cfg.train.record_gradients_every:
+            hooks.append(GradientRecorderHook(run_dir, parts.model, cfg.train.record_gradients_every))
+        if cfg.train.record_activations and parts.val_loader is not None:
+            hooks.append(ActivationStatsHook(run_dir))
         if cfg.train.tensorboard:
             hooks.append(TensorBoard(run_dir))
         hooks.append(MetricsCSV(run_dir))
@@ -393,6 +427,9 @@ def finish(run: Run, *, wall_seconds: float) -> dict[str, Any]:
         "world_size": run.dist.world_size,
         "params": sum(p.numel() for p in run.model.parameters()),
     }
+    for hook in run.hooks:  # the recorders' figures: "gradients", "activations"
+        if isinstance(hook, GradientRecorderHook | ActivationStatsHook):
+            summary[hook.key] = hook.summary()
     if run.dist.is_main:
         write_json(run.run_dir / "summary.json", summary)
         from cnnctl.plots import run_plots

@@ -11,6 +11,7 @@ quick to draw.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -168,7 +169,8 @@ def filter_tiles(weight: torch.Tensor, limit: int = MAX_TILES) -> tuple[np.ndarr
 
 def feature_tiles(maps: torch.Tensor, limit: int = MAX_TILES) -> tuple[np.ndarray, list[str]]:
     """Feature maps ``[C, H, W]`` as RGB tiles ``[N, H, W, 3]`` (each channel scaled to its own min..max, then
-    coloured with ``CMAP``) and their labels: the channel index, with ``flat`` and the value for a constant map."""
+    coloured with ``CMAP``) and their labels: the channel index, with ``inactive`` and the value for a map that is
+    constant for this image (one image cannot tell a dead unit from one this image does not excite)."""
     from matplotlib import colormaps
 
     shown = maps[:limit].float()
@@ -176,7 +178,7 @@ def feature_tiles(maps: torch.Tensor, limit: int = MAX_TILES) -> tuple[np.ndarra
     labels = []
     for c, channel in enumerate(shown):
         lo, hi = float(channel.min()), float(channel.max())
-        labels.append(str(c) if hi > lo else f"{c} flat {lo:.2g}")
+        labels.append(str(c) if hi > lo else f"{c} inactive {lo:.2g}")
     return rgb, labels
 
 
@@ -250,7 +252,8 @@ def plot_stage(stage: Stage, path: Path) -> Path:
     tiles, labels = feature_tiles(stage.output)
     shown = f"; channels 0-{len(tiles) - 1} of {channels} shown" if len(tiles) < channels else ""
     title = (f"{stage.name} ({stage.description}): output {channels}x{h}x{w}{shown}\n"
-             f"each channel scaled to its own min..max ({CMAP}: dark low, yellow high)")
+             f"each channel scaled to its own min..max ({CMAP}: dark low, yellow high); "
+             "'inactive': constant for this image")
     return _draw_grid(tiles, labels, title, path, FIGSIZE["featuremaps"])
 
 
@@ -405,4 +408,23 @@ def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output
     skipped = [s.name for s in stages if s.output.shape[-2:].numel() <= 1]
     if skipped:
         log.info("not drawn, their maps are 1x1 (one number per channel): %s", ", ".join(skipped))
+    dead = dead_channels(path.parent / "summary.json")
+    if dead:
+        log.info("%s", dead)
     return written
+
+
+def dead_channels(summary_path: Path) -> str | None:
+    """From a run's summary.json (``train.record_activations``), the sentence naming the units never positive
+    for any validation image, per activation layer; None when the run has no activation statistics."""
+    try:
+        stats = json.loads(summary_path.read_text()).get("activations") or {}
+    except (OSError, ValueError):
+        return None
+    layers = [r for r in stats.get("layers", []) if r.get("dead_units") is not None]
+    if not layers:
+        return None
+    named = [f"{r['layer']} {', '.join(map(str, r['dead_units']))}" for r in layers if r["dead_units"]]
+    where = f"over the validation split after epoch {stats.get('epoch')} (summary.json)"
+    return (f"dead units {where}: " + "; ".join(named) if named
+            else f"no dead units {where} in {', '.join(r['layer'] for r in layers)}")

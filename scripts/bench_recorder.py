@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 from cnnctl.config import load_config
-from cnnctl.engine import build_run
 from cnnctl.recorders import GradientRecorder
+from cnnctl.run import assemble
 
 
 def bench(spec: str, *, every: list[int], repeats: int, block_steps: int, device: str, overrides: list[str]) -> dict:
     cfg = load_config(spec, overrides)[0]
-    run = build_run(cfg, device=device)
+    run = assemble(cfg, device=device)
     model, optimizer = run.model, run.optimizer
     x, y = next(iter(run.train_loader.batches(0)))
     recorder = GradientRecorder(model, every_n_steps=1)

@@ -76,3 +76,14 @@ def test_bad_ranges_are_refused_before_anything_runs(tmp_path, args, fragment):
     with pytest.raises(UsageError, match=fragment):
         lr_find_command("lenet5-digits", out=str(tmp_path), **args)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_lr_find_prints_a_suggestion_and_refuses_bad_arguments(tmp_path, cli):
+    result = cli("lr-find", "lenet5-digits", "--set", "data.batch_size=64", "--start", "1e-5", "--end", "1",
+                 "--steps", "20", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "suggested lr:" in result.stdout and "lr_find.png" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "out" / "lr-find-lenet5-digits").iterdir()) == ["lr_find.csv",
+                                                                                               "lr_find.png"]
+    bad = cli("lr-find", "lenet5-digits", "--steps", "5", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "--steps" in bad.stderr and not (tmp_path / "bad").exists()

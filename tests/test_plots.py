@@ -102,7 +102,9 @@ def test_train_writes_curves_and_confusion_matrix(runs):
     assert png_size(run / "confusion_matrix.png") == expected("confusion")
     summary = json.loads((run / "summary.json").read_text())
     columns = metrics_columns(run)
-    curves, confusion = DRAWN[run]
+    gradients, activations, curves, confusion = DRAWN[run]  # the recorders draw when the loop ends, before finish
+    assert [ax.get_xlabel() for ax in gradients.axes[:2]] == ["layer (input -> output)"] * 2
+    assert activations.axes[0].get_xlabel() == "activation layer (input -> output)"
     loss, acc, lr = curves.axes[:3]
     epochs = columns["epoch"]
     for ax, kind in ((loss, "loss"), (acc, "acc")):
@@ -153,6 +155,30 @@ def test_plot_overlays_runs(runs, cli, tmp_path):
     assert cli("plot", *runs, "--metric", "val_los").exit_code == 2
     bad = cli("plot", tmp_path)
     assert bad.exit_code == 2 and "metrics.csv" in bad.stderr
+
+
+def test_plot_overlays_any_column_and_the_gradient_flow(runs, cli, tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        drawn = capture_figures(mp)
+        assert cli("plot", *runs, "--metric", "epoch_seconds", "-o", tmp_path / "s.png").exit_code == 0
+        result = cli("plot", *runs, "--gradients", "-o", tmp_path / "g.png")
+    assert result.exit_code == 0, result.output
+    seconds, flow = drawn
+    assert data_lines(seconds.axes[0]) == {run.name: (metrics_columns(run)["epoch"], metrics_columns(run)["epoch_seconds"])
+                                           for run in runs}
+    for run in runs:  # the last epoch's grad_norm per layer, as gradients.csv has it
+        with (run / "gradients.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        last = max(int(r["epoch"]) for r in rows)
+        norms = [float(r["grad_norm"]) for r in rows if int(r["epoch"]) == last]
+        assert data_lines(flow.axes[0])[f"{run.name} (epoch {last})"] == (list(map(float, range(len(norms)))), norms)
+    assert flow.axes[0].get_yscale() == "log"
+    bad = cli("plot", *runs, "--metric", "val_los")
+    assert bad.exit_code == 2 and "val_loss" in bad.stderr
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "metrics.csv").write_text((runs[0] / "metrics.csv").read_text())
+    missing = cli("plot", tmp_path / "bare", "--gradients")
+    assert missing.exit_code == 2 and "gradients.csv" in missing.stderr and "record_gradients_every" in missing.stderr
 
 
 def test_tensorboard_logs_scalars_and_histograms(tmp_path, cli):

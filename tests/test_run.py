@@ -150,7 +150,6 @@ def test_nonfinite_loss_before_any_checkpoint_does_not_claim_one(cli, tmp_path, 
 
 @pytest.mark.parametrize(("args", "option"), [
     (["eval", "x.pt", "--split", "train"], "--split"),
-    (["plot", "r", "--metric", "acc"], "--metric"),
     (["export", "x.pt", "--format", "tflite"], "--format"),
     (["tune", "c.yaml", "--space", "s.yaml", "--method", "bayes"], "--method"),
 ])

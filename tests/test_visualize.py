@@ -269,7 +269,7 @@ def test_feature_tiles_and_mosaic():
     maps = torch.arange(100 * 4 * 4, dtype=torch.float32).reshape(100, 4, 4)
     maps[1] = 0.0
     tiles, labels = feature_tiles(maps)
-    assert tiles.shape == (MAX_TILES, 4, 4, 3) and labels[:2] == ["0", "1 flat 0"]
+    assert tiles.shape == (MAX_TILES, 4, 4, 3) and labels[:2] == ["0", "1 inactive 0"]
     rows, cols = grid_shape(len(tiles))
     assert (rows, cols) == (8, 8) and grid_shape(6) == (2, 3) and grid_shape(1) == (1, 1)
     picture, origins = mosaic(tiles[:6], cols=3, pad=1)

@@ -104,27 +104,50 @@ def _pair(value: Any) -> str:
     return str(value)
 
 
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardtanh)
+_PASS_THROUGH = (nn.BatchNorm2d, nn.GroupNorm, nn.Identity)  # between a conv and its activation
+
+
 def capture_stages(model: nn.Module, x: torch.Tensor) -> tuple[list[Stage], torch.Tensor]:
     """Run ``model`` on ``x`` with forward hooks on ``stage_modules``; the stages (first image) and the logits.
 
     Stages come in the order the forward pass reaches them; a module called twice gives two stages (``name#2``).
+    An activation module called right after a conv (a batch norm may sit between) is a stage too, so a conv's
+    maps can be seen before and after it (ReLU sets the negatives to zero).
     """
     stages: list[Stage] = []
     calls: dict[str, int] = {}
+    after_conv: list[str | None] = [None]  # the label of the conv whose output the next activation would take
 
     def hook_for(name: str, module: nn.Module) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             out = output[0] if isinstance(output, tuple) else output  # MaxPool2d(return_indices=True)
             if not isinstance(out, torch.Tensor) or out.ndim != 4:
                 return
+            if isinstance(module, _PASS_THROUGH):
+                return
+            if isinstance(module, ACTIVATIONS):
+                conv, after_conv[0] = after_conv[0], None
+                if conv is None:
+                    return
+                description = f"{type(module).__name__} after {conv}"
+            else:
+                description = describe(module)
             calls[name] = calls.get(name, 0) + 1
             label = name if calls[name] == 1 else f"{name}#{calls[name]}"
             # Cloned: an in-place ReLU right after a conv (VGG, AlexNet) would overwrite the tensor we keep.
-            stages.append(Stage(label, describe(module), out[0].detach().float().cpu().clone()))
+            stages.append(Stage(label, description, out[0].detach().float().cpu().clone()))
+            if not isinstance(module, ACTIVATIONS):
+                after_conv[0] = label if isinstance(module, nn.Conv2d) else None
 
         return hook
 
-    handles = [module.register_forward_hook(hook_for(name, module)) for name, module in stage_modules(model)]
+    hooked = stage_modules(model)
+    inside = {name for name, _ in hooked}
+    residual = {name for name, _ in model.named_children() if _RESIDUAL_STAGE.fullmatch(name)}
+    extra = [(name, m) for name, m in model.named_modules() if isinstance(m, ACTIVATIONS + _PASS_THROUGH)
+             and name not in inside and name.split(".")[0] not in residual]
+    handles = [module.register_forward_hook(hook_for(name, module)) for name, module in hooked + extra]
     try:
         with torch.no_grad():
             logits = model(x)
@@ -169,8 +192,9 @@ def filter_tiles(weight: torch.Tensor, limit: int = MAX_TILES) -> tuple[np.ndarr
 
 def feature_tiles(maps: torch.Tensor, limit: int = MAX_TILES) -> tuple[np.ndarray, list[str]]:
     """Feature maps ``[C, H, W]`` as RGB tiles ``[N, H, W, 3]`` (each channel scaled to its own min..max, then
-    coloured with ``CMAP``) and their labels: the channel index, with ``inactive`` and the value for a map that is
-    constant for this image (one image cannot tell a dead unit from one this image does not excite)."""
+    coloured with ``CMAP``) and their labels: the channel index and its value range (``lo..hi``, what the colours
+    span), or ``inactive`` and the value for a map that is constant for this image (one image cannot tell a dead
+    unit from one this image does not excite)."""
     from matplotlib import colormaps
 
     shown = maps[:limit].float()
@@ -178,7 +202,7 @@ def feature_tiles(maps: torch.Tensor, limit: int = MAX_TILES) -> tuple[np.ndarra
     labels = []
     for c, channel in enumerate(shown):
         lo, hi = float(channel.min()), float(channel.max())
-        labels.append(str(c) if hi > lo else f"{c} inactive {lo:.2g}")
+        labels.append(f"{c}: {lo:.2g}..{hi:.2g}" if hi > lo else f"{c} inactive {lo:.2g}")
     return rgb, labels
 
 
@@ -252,7 +276,7 @@ def plot_stage(stage: Stage, path: Path) -> Path:
     tiles, labels = feature_tiles(stage.output)
     shown = f"; channels 0-{len(tiles) - 1} of {channels} shown" if len(tiles) < channels else ""
     title = (f"{stage.name} ({stage.description}): output {channels}x{h}x{w}{shown}\n"
-             f"each channel scaled to its own min..max ({CMAP}: dark low, yellow high); "
+             f"each channel scaled to its own min..max, written in its label ({CMAP}: dark low, yellow high); "
              "'inactive': constant for this image")
     return _draw_grid(tiles, labels, title, path, FIGSIZE["featuremaps"])
 

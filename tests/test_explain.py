@@ -121,7 +121,7 @@ def test_unknown_layer_is_named_with_a_suggestion():
 # ---------------------------------------------------------------- predict --explain through the CLI
 
 
-def _checkpoint(path, *, scale: float = 1.0, classes: int = 10) -> dict:
+def _checkpoint(path, *, scale: float = 1.0, classes: int = 10, names: list[str] | None = None) -> dict:
     """A custom flatten + linear network on 8x8 grayscale digits, its weights scaled by ``scale`` (big logits)."""
     from cnnctl import __version__
     from cnnctl.checkpoint import FORMAT, save_checkpoint
@@ -136,7 +136,7 @@ def _checkpoint(path, *, scale: float = 1.0, classes: int = 10) -> dict:
         for p in model.parameters():
             p.mul_(scale)
     ckpt = {"format": FORMAT, "cnnctl_version": __version__, "config": cfg.dump(),
-            "classes": [f"c{i}" for i in range(classes)],
+            "classes": names or [f"c{i}" for i in range(classes)],
             "input": {"channels": 1, "size": [8, 8], "mean": [0.3], "std": [0.4]}, "model": model.state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, ckpt)
@@ -252,7 +252,7 @@ def test_eval_plots_mistakes_are_really_misclassified(cli, tmp_path):
     from cnnctl.inference import checkpoint_config, model_from_checkpoint, split_images
 
     ckpt_path = tmp_path / "best.pt"
-    _checkpoint(ckpt_path)  # untrained: most test images are wrong
+    _checkpoint(ckpt_path, names=[str(i) for i in range(10)])  # digits' classes; untrained: most images are wrong
     result = cli("eval", ckpt_path, "--json", "--plots", tmp_path / "plots")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -186,8 +186,10 @@ def test_1x1_maps_are_not_drawn(cli, run_dir, tmp_path):
     result = cli("visualize", ckpt, "--image", write_png(tmp_path / "x.png"), "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     names = [Path(line).name for line in result.stdout.split()]
+    # the conv, the ReLU after it, the max-pool; not the 1x1 adaptive pool
     assert [n for n in names if n.startswith("featuremaps_")] == ["featuremaps_01_layers_0.png",
-                                                                   "featuremaps_02_layers_2.png"]
+                                                                   "featuremaps_02_layers_1.png",
+                                                                   "featuremaps_03_layers_2.png"]
 
 
 def test_missing_dataset_asks_for_an_image(cli, run_dir, tmp_path):
@@ -222,13 +224,15 @@ def test_maps_are_caught_before_an_inplace_relu():
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
     x = torch.randn(2, 1, 8, 8)
     stages, _ = capture_stages(model, x)
-    assert [s.name for s in stages] == ["0", "2", "3"]
+    assert [s.name for s in stages] == ["0", "1", "2", "3"]  # the conv, its ReLU, the two pools
+    assert stages[1].description == "ReLU after 0"
     with torch.no_grad():
         conv_out = model[0](x)
         assert (stages[0].output < 0).any()
         assert torch.equal(stages[0].output, conv_out[0])
-        assert torch.equal(stages[1].output, nn.functional.max_pool2d(conv_out.relu(), 2)[0])
-    assert stages[2].output.shape == (4, 1, 1)
+        assert torch.equal(stages[1].output, conv_out[0].relu())  # the negatives set to zero
+        assert torch.equal(stages[2].output, nn.functional.max_pool2d(conv_out.relu(), 2)[0])
+    assert stages[3].output.shape == (4, 1, 1)
 
 
 def test_resnet_stages_are_its_layers():
@@ -269,7 +273,7 @@ def test_feature_tiles_and_mosaic():
     maps = torch.arange(100 * 4 * 4, dtype=torch.float32).reshape(100, 4, 4)
     maps[1] = 0.0
     tiles, labels = feature_tiles(maps)
-    assert tiles.shape == (MAX_TILES, 4, 4, 3) and labels[:2] == ["0", "1 inactive 0"]
+    assert tiles.shape == (MAX_TILES, 4, 4, 3) and labels[:2] == ["0: 0..15", "1 inactive 0"]
     rows, cols = grid_shape(len(tiles))
     assert (rows, cols) == (8, 8) and grid_shape(6) == (2, 3) and grid_shape(1) == (1, 1)
     picture, origins = mosaic(tiles[:6], cols=3, pad=1)

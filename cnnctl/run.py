@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnctl import __version__
+from cnnctl.version import __version__
 from cnnctl.checkpoint import (
     FORMAT,
     load_checkpoint,

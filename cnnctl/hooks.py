@@ -71,6 +71,9 @@ class Hook:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def on_run_end(self, run: Run, summary: dict[str, Any]) -> None:
+        """Once, after the test evaluation: ``summary`` is summary.json's content (a run that raised has none)."""
+
 
 def steps_hooks(hooks: list[Hook]) -> list[Hook]:
     """The hooks that do something per step (the rest are skipped on the hot path)."""
@@ -298,18 +301,23 @@ def epoch_line(row: dict[str, Any], epochs: int, samples: int, improved: bool) -
 
 
 class TensorBoard(Hook):
-    """``train.tensorboard: true``: each epoch's metrics row as scalars and a histogram of every weight, under
-    RUN/tensorboard. Rank 0 only."""
+    """``train.tensorboard: true``, under RUN/tensorboard (rank 0 only). Each epoch: the metrics row as scalars and a
+    histogram of every weight. At the end of the run: the HParams tab's session (the flattened resolved config
+    against the final metrics, so runs under one ``--logdir`` compare there) and two images, the test confusion
+    matrix (confusion_matrix.png) and the first conv layer's filters."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.writer: Any = None
         require_tensorboard()  # the install hint before anything is written
 
-    def on_train_start(self, run: Run) -> None:
+    def _open(self) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def on_train_start(self, run: Run) -> None:
+        self.writer = self._open()
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
         epoch = row["epoch"]
@@ -324,6 +332,74 @@ class TensorBoard(Hook):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    def on_run_end(self, run: Run, summary: dict[str, Any]) -> None:
+        # A writer of its own (a second event file in the same folder, one TensorBoard run): the loop's writer is
+        # closed in on_train_end, which also runs when training raises and this never comes.
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = self._open()
+        try:
+            metrics = final_metrics(summary)
+            file_writer = writer._get_file_writer()
+            for proto in hparams(hparam_values(run.config.dump()), metrics):  # experiment, session start and end
+                file_writer.add_summary(proto)
+            for tag, value in metrics.items():  # the HParams tab reads each metric from a scalar of its tag
+                writer.add_scalar(tag, value, run.epoch)
+            confusion = self.run_dir / "confusion_matrix.png"
+            if summary.get("test") and confusion.is_file():
+                writer.add_image("confusion_matrix/test", _png_pixels(confusion), run.epoch, dataformats="HWC")
+            filters = first_layer_filters(run.model)
+            if filters is not None:
+                writer.add_image("filters/" + filters[0], filters[1], run.epoch, dataformats="HWC")
+        finally:
+            writer.close()
+
+
+def hparam_values(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config as HParams values: dotted keys; numbers and strings kept, the rest (null, true/false,
+    lists such as model.layers) as their JSON text, which the HParams tab shows and filters as strings."""
+    import json
+
+    from cnnctl.config import flatten_keys
+
+    return {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else json.dumps(v)
+            for k, v in flatten_keys(config).items()}
+
+
+def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The numbers runs are compared by in the HParams tab, under ``hparams/``: the best epoch's val metrics, the
+    test metrics (with the weights summary.json names), the epoch count and wall time. Missing ones are left out."""
+    best, test = summary.get("best") or {}, summary.get("test") or {}
+    values = {"best_val_acc": best.get("val_acc"), "best_val_loss": best.get("val_loss"),
+              "best_epoch": summary.get("best_epoch"), "test_accuracy": test.get("accuracy"),
+              "test_loss": test.get("loss"), "test_top5": test.get("top5"), "epochs": summary.get("epochs"),
+              "wall_seconds": summary.get("wall_seconds")}
+    return {f"hparams/{k}": float(v) for k, v in values.items() if is_finite_number(v)}
+
+
+def first_layer_filters(model: Any) -> tuple[str, Any] | None:
+    """The first conv layer's name and its filters as one RGB picture ``[H, W, 3]`` in 0..1 (each filter scaled to
+    its own min..max, as ``cnnctl visualize`` draws them), or None for a network without a conv layer."""
+    from cnnctl.errors import CnnctlError
+    from cnnctl.visualize import filter_tiles, first_conv, grid_shape, mosaic
+
+    try:
+        name, conv = first_conv(model)
+    except CnnctlError:
+        return None
+    tiles, _ = filter_tiles(conv.weight.detach().float().cpu())
+    picture, _ = mosaic(tiles, grid_shape(len(tiles))[1])
+    scale = max(1, 96 // max(picture.shape[:2]))  # 5x5 kernels are a few pixels: enlarge, nearest-neighbour
+    return name, picture.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _png_pixels(path: Path) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def require_tensorboard() -> None:

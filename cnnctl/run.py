@@ -365,6 +365,8 @@ def finish(run: Run, *, wall_seconds: float) -> dict[str, Any]:
             top5 = f", top-5 {test['top5']:.2%}" if test["top5"] is not None else ""
             log.info("test (%s weights): loss %.4f, accuracy %.2f%%%s on %d images", weights, test["loss"],
                      100 * test["accuracy"], top5, test["n"])
+    for hook in run.hooks:  # after the plots: TensorBoard shows confusion_matrix.png
+        hook.on_run_end(run, summary)
     return summary
 
 

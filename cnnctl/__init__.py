@@ -36,11 +36,14 @@ if TYPE_CHECKING:
         WriteError,
     )
 
+__all__ = [
+    "__version__", "train", "evaluate", "predict", "summary", "load_config", "RunResult", "Summary", "Config",
+    "CnnctlError", "ConfigError", "CheckpointError", "DataError", "UsageError", "TrainingError", "WriteError",
+    "Interrupted",
+]
 _API = {"train", "evaluate", "predict", "summary", "load_config", "RunResult", "Summary"}
 _ERRORS = {"CnnctlError", "ConfigError", "CheckpointError", "DataError", "UsageError", "TrainingError",
            "WriteError", "Interrupted"}
-
-__all__ = ["__version__", "Config", *sorted(_API), *sorted(_ERRORS)]
 
 
 def __getattr__(name: str) -> Any:

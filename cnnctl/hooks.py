@@ -351,7 +351,7 @@ class TensorBoard(Hook):
                 writer.add_image("confusion_matrix/test", _png_pixels(confusion), run.epoch, dataformats="HWC")
             filters = first_layer_filters(run.model)
             if filters is not None:
-                writer.add_image("filters/" + filters[0], filters[1], run.epoch, dataformats="HWC")
+                writer.add_image("filters/" + filters[0], filters[1], run.epoch)
         finally:
             writer.close()
 
@@ -378,20 +378,31 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return {f"hparams/{k}": float(v) for k, v in values.items() if is_finite_number(v)}
 
 
-def first_layer_filters(model: Any) -> tuple[str, Any] | None:
-    """The first conv layer's name and its filters as one RGB picture ``[H, W, 3]`` in 0..1 (each filter scaled to
-    its own min..max, as ``cnnctl visualize`` draws them), or None for a network without a conv layer."""
-    from cnnctl.errors import CnnctlError
-    from cnnctl.visualize import filter_tiles, first_conv, grid_shape, mosaic
+def first_layer_filters(model: Any, limit: int = 64) -> tuple[str, Any] | None:
+    """The first conv layer's name and its filters as one picture ``[3, H, W]`` in 0..1, each tile scaled to its own
+    min..max as ``cnnctl visualize`` draws them (RGB filters in colour, other inputs one grey tile per channel, at
+    most ``limit`` tiles), or None for a network without a conv layer.
 
-    try:
-        name, conv = first_conv(model)
-    except CnnctlError:
+    Drawn with torchvision's ``make_grid`` rather than visualize.py's tiles: visualize imports inference, which
+    imports the loop and so this module.
+    """
+    import math
+
+    import torch
+    from torchvision.utils import make_grid
+
+    conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None:
         return None
-    tiles, _ = filter_tiles(conv.weight.detach().float().cpu())
-    picture, _ = mosaic(tiles, grid_shape(len(tiles))[1])
-    scale = max(1, 96 // max(picture.shape[:2]))  # 5x5 kernels are a few pixels: enlarge, nearest-neighbour
-    return name, picture.repeat(scale, axis=0).repeat(scale, axis=1)
+    weight = conv[1].weight.detach().float().cpu()
+    tiles = weight if weight.shape[1] in (1, 3) else weight.reshape(-1, 1, *weight.shape[2:])
+    tiles = tiles[:limit]
+    lo = tiles.amin(dim=(1, 2, 3), keepdim=True)
+    span = tiles.amax(dim=(1, 2, 3), keepdim=True) - lo
+    tiles = torch.where(span > 0, (tiles - lo) / span.clamp_min(1e-12), torch.zeros_like(tiles))
+    scale = max(1, 12 // max(tiles.shape[2:]))  # 5x5 kernels are a few pixels: enlarge, nearest-neighbour
+    tiles = tiles.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    return conv[0], make_grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))), padding=1, pad_value=1.0)
 
 
 def _png_pixels(path: Path) -> Any:

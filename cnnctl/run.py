@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnctl.version import __version__
 from cnnctl.checkpoint import (
     FORMAT,
     load_checkpoint,
@@ -57,6 +56,7 @@ from cnnctl.runtime import (
     set_rng_state,
     use_channels_last,
 )
+from cnnctl.version import __version__
 
 log = logging.getLogger("cnnctl")
 

@@ -217,12 +217,17 @@ class LRSchedule(Hook):
 # ---------------------------------------------------------------- progress, metrics, TensorBoard
 
 
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel, where stderr is no terminal but tqdm.auto draws a bar (a widget with ipywidgets)."""
+    return "ipykernel" in sys.modules and "ipykernel.zmqshell" in sys.modules
+
+
 class Progress(Hook):
     """A tqdm bar on a terminal (rank 0), nothing per step otherwise. Loss and accuracy are read from the device
     at most once a second (``REFRESH_SECONDS``), when the non-finite check runs too."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled and (sys.stderr.isatty() or in_notebook())
         self.bar: Any = None
         self.last = time.monotonic()
         self.t0 = time.perf_counter()

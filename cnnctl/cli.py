@@ -106,19 +106,17 @@ def train(
     device: DeviceOption = None,
 ) -> None:
     """Train a network; writes OUT/NAME/ with config.yaml, metrics.csv, best.pt, last.pt, summary.json."""
+    from cnnctl.api import train as run_train
     from cnnctl.config import check_device, check_run_name
-    from cnnctl.run import resolve, train_resolved
 
     if name is not None:
         check_run_name(name, "--name")
     if device is not None:
         check_device(device, "--device")
 
-    resolved = resolve(config, overrides=set_, name=name, out=out, resume=resume)
-    _configure(threads=resolved.config.train.threads)
-    summary = train_resolved(resolved, device=device)
+    result = run_train(config, overrides=set_, name=name, out=out, resume=resume, device=device)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone answers
-        typer.echo(summary["run_dir"])
+        typer.echo(str(result.run_dir))
 
 
 @app.command("eval")
@@ -136,10 +134,10 @@ def eval_(
         from cnnctl.config import check_device
 
         check_device(device, "--device")
-    from cnnctl.inference import evaluate_checkpoints, format_report
+    from cnnctl.api import evaluate
+    from cnnctl.inference import format_report
 
-    result = evaluate_checkpoints(checkpoints, split=split.value, data_root=data_root, device=device or "auto",
-                                  plots=plots)
+    result = evaluate(checkpoints, split=split.value, data_root=data_root, device=device or "auto", plots=plots)
     for path in result.get("plots", []):
         typer.echo(f"wrote {path}", err=True)
     if json_:
@@ -167,8 +165,8 @@ def predict(
         from cnnctl.config import check_device
 
         check_device(device, "--device")
+    from cnnctl.api import predict as run_predict
     from cnnctl.predict import check_results, format_predictions
-    from cnnctl.predict import predict as run_predict
 
     results = run_predict(images, checkpoint, topk=topk, device=device or "cpu", explain=explain, label=label,
                           labels_from_folders=labels_from_folders)
@@ -189,16 +187,13 @@ def summary(
                                           "parameter formula.")] = False,
 ) -> None:
     """Show the network a config builds: layers, output shapes, parameters, multiply-adds."""
-    from cnnctl.config import load_config
+    from cnnctl.api import summary as network_summary
 
-    cfg, _ = load_config(config, set_)
-    from cnnctl.models.summary import network_summary
-
-    result, text = network_summary(cfg, explain_layers=explain)
+    result = network_summary(config, overrides=set_, explain=explain)
     if json_:
         _print_json(result)
     else:
-        typer.echo(text)
+        typer.echo(result.text)
 
 
 @app.command()

@@ -121,7 +121,7 @@ def export(checkpoint: str | Path, *, format: str = "onnx", output: str | Path |
 
 def export_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a runtime needs besides the weights: class names, preprocessing, provenance."""
-    from cnnctl import __version__
+    from cnnctl.version import __version__
 
     spec, config = ckpt["input"], ckpt["config"]
     size = [int(s) for s in spec["size"]]

@@ -84,6 +84,9 @@ class Hook:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def on_run_end(self, run: Run, summary: dict[str, Any]) -> None:
+        """Once, after the test evaluation: ``summary`` is summary.json's content (a run that raised has none)."""
+
 
 def steps_hooks(hooks: list[Hook]) -> list[Hook]:
     """The hooks that do something per step (the rest are skipped on the hot path)."""
@@ -234,12 +237,17 @@ class LRSchedule(Hook):
 # ---------------------------------------------------------------- progress, metrics, TensorBoard
 
 
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel, where stderr is no terminal but tqdm.auto draws a bar (a widget with ipywidgets)."""
+    return "ipykernel" in sys.modules and "ipykernel.zmqshell" in sys.modules
+
+
 class Progress(Hook):
     """A tqdm bar on a terminal (rank 0), nothing per step otherwise. Loss and accuracy are read from the device
     at most once a second (``REFRESH_SECONDS``), when the non-finite check runs too."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled and (sys.stderr.isatty() or in_notebook())
         self.bar: Any = None
         self.last = time.monotonic()
         self.t0 = time.perf_counter()
@@ -318,18 +326,23 @@ def epoch_line(row: dict[str, Any], epochs: int, samples: int, improved: bool) -
 
 
 class TensorBoard(Hook):
-    """``train.tensorboard: true``: each epoch's metrics row as scalars and a histogram of every weight, under
-    RUN/tensorboard. Rank 0 only."""
+    """``train.tensorboard: true``, under RUN/tensorboard (rank 0 only). Each epoch: the metrics row as scalars and a
+    histogram of every weight. At the end of the run: the HParams tab's session (the flattened resolved config
+    against the final metrics, so runs under one ``--logdir`` compare there) and two images, the test confusion
+    matrix (confusion_matrix.png) and the first conv layer's filters."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.writer: Any = None
         require_tensorboard()  # the install hint before anything is written
 
-    def on_train_start(self, run: Run) -> None:
+    def _open(self) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def on_train_start(self, run: Run) -> None:
+        self.writer = self._open()
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
         epoch = row["epoch"]
@@ -344,6 +357,85 @@ class TensorBoard(Hook):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    def on_run_end(self, run: Run, summary: dict[str, Any]) -> None:
+        # A writer of its own (a second event file in the same folder, one TensorBoard run): the loop's writer is
+        # closed in on_train_end, which also runs when training raises and this never comes.
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = self._open()
+        try:
+            metrics = final_metrics(summary)
+            file_writer = writer._get_file_writer()
+            for proto in hparams(hparam_values(run.config.dump()), metrics):  # experiment, session start and end
+                file_writer.add_summary(proto)
+            for tag, value in metrics.items():  # the HParams tab reads each metric from a scalar of its tag
+                writer.add_scalar(tag, value, run.epoch)
+            confusion = self.run_dir / "confusion_matrix.png"
+            if summary.get("test") and confusion.is_file():
+                writer.add_image("confusion_matrix/test", _png_pixels(confusion), run.epoch, dataformats="HWC")
+            filters = first_layer_filters(run.model)
+            if filters is not None:
+                writer.add_image("filters/" + filters[0], filters[1], run.epoch)
+        finally:
+            writer.close()
+
+
+def hparam_values(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config as HParams values: dotted keys; numbers and strings kept, the rest (null, true/false,
+    lists such as model.layers) as their JSON text, which the HParams tab shows and filters as strings."""
+    import json
+
+    from cnnctl.config import flatten_keys
+
+    return {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else json.dumps(v)
+            for k, v in flatten_keys(config).items()}
+
+
+def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The numbers runs are compared by in the HParams tab, under ``hparams/``: the best epoch's val metrics, the
+    test metrics (with the weights summary.json names), the epoch count and wall time. Missing ones are left out."""
+    best, test = summary.get("best") or {}, summary.get("test") or {}
+    values = {"best_val_acc": best.get("val_acc"), "best_val_loss": best.get("val_loss"),
+              "best_epoch": summary.get("best_epoch"), "test_accuracy": test.get("accuracy"),
+              "test_loss": test.get("loss"), "test_top5": test.get("top5"), "epochs": summary.get("epochs"),
+              "wall_seconds": summary.get("wall_seconds")}
+    return {f"hparams/{k}": float(v) for k, v in values.items() if is_finite_number(v)}
+
+
+def first_layer_filters(model: Any, limit: int = 64) -> tuple[str, Any] | None:
+    """The first conv layer's name and its filters as one picture ``[3, H, W]`` in 0..1, each tile scaled to its own
+    min..max as ``cnnctl visualize`` draws them (RGB filters in colour, other inputs one grey tile per channel, at
+    most ``limit`` tiles), or None for a network without a conv layer.
+
+    Drawn with torchvision's ``make_grid`` rather than visualize.py's tiles: visualize imports inference, which
+    imports the loop and so this module.
+    """
+    import math
+
+    import torch
+    from torchvision.utils import make_grid
+
+    conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None:
+        return None
+    weight = conv[1].weight.detach().float().cpu()
+    tiles = weight if weight.shape[1] in (1, 3) else weight.reshape(-1, 1, *weight.shape[2:])
+    tiles = tiles[:limit]
+    lo = tiles.amin(dim=(1, 2, 3), keepdim=True)
+    span = tiles.amax(dim=(1, 2, 3), keepdim=True) - lo
+    tiles = torch.where(span > 0, (tiles - lo) / span.clamp_min(1e-12), torch.zeros_like(tiles))
+    scale = max(1, 32 // max(tiles.shape[2:]))  # 5x5 kernels are a few pixels: enlarge, nearest-neighbour
+    tiles = tiles.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    return conv[0], make_grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))), padding=1, pad_value=1.0)
+
+
+def _png_pixels(path: Path) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def require_tensorboard() -> None:

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnctl import __version__
 from cnnctl.checkpoint import (
     FORMAT,
     load_checkpoint,
@@ -61,6 +60,7 @@ from cnnctl.runtime import (
     set_rng_state,
     use_channels_last,
 )
+from cnnctl.version import __version__
 
 log = logging.getLogger("cnnctl")
 
@@ -440,6 +440,8 @@ def finish(run: Run, *, wall_seconds: float) -> dict[str, Any]:
             top5 = f", top-5 {test['top5']:.2%}" if test["top5"] is not None else ""
             log.info("test (%s weights): loss %.4f, accuracy %.2f%%%s on %d images", weights, test["loss"],
                      100 * test["accuracy"], top5, test["n"])
+    for hook in run.hooks:  # after the plots: TensorBoard shows confusion_matrix.png
+        hook.on_run_end(run, summary)
     return summary
 
 

@@ -145,7 +145,7 @@ def decode_files(files: list[Path], channels: int, size: tuple[int, int], *, wor
     The files are read by a DataLoader over the same workers as streaming would use, with a progress bar on stderr
     (``progress`` None: only when stderr is a terminal). A file that cannot be read raises its DataError.
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter
 
     from cnnctl.data.splits import _collate, _FileDataset, resolve_workers
 
@@ -156,7 +156,8 @@ def decode_files(files: list[Path], channels: int, size: tuple[int, int], *, wor
                                          collate_fn=_collate)
     log.info("decoding %d images once (%d worker%s)", len(files), num_workers, "" if num_workers == 1 else "s")
     start = 0
-    hide = None if progress is None else not progress  # tqdm: None hides the bar when stderr is not a terminal
+    # tqdm: None hides the bar when stderr is not a terminal; a notebook's bar is shown
+    hide = None if progress is None else not progress
     with tqdm(total=len(files), desc="decoding images", unit="img", file=sys.stderr, disable=hide, leave=False) as bar:
         for x, message in loader:
             if x is None:

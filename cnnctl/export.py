@@ -353,6 +353,10 @@ def verify(model: nn.Module, run: Runner, ckpt: dict[str, Any], source: str, *,
     for name, x in sets:
         with torch.inference_mode():
             expected = model(x).double().numpy()
+        if not np.isfinite(expected).all():  # nothing to compare against; max() of NaN differences would read 0
+            raise ExportError(f"the PyTorch model itself gives non-finite logits on {name}, so the export cannot be "
+                              "checked; an untrained very deep network can overflow float32 in eval mode (its batch "
+                              "norms still hold their initial statistics): export a trained checkpoint", file=source)
         got = run_batched(run, x.numpy(), batch).astype(np.float64)
         if got.shape != expected.shape:
             raise ExportError(f"the exported model gives outputs of shape {list(got.shape)} for {name}, PyTorch "

@@ -7,4 +7,7 @@ if [ ! -x .venv/bin/python ]; then
     .venv/bin/pip install -q -e '.[dev]'
 fi
 .venv/bin/ruff check cnnctl tests scripts
+# Without arguments: everything but the few tests marked heavy (minutes each on 2 cores: exports of the deepest zoo
+# networks); `scripts/test.sh -m heavy` runs those.
+if [ $# -eq 0 ]; then set -- -m "not heavy"; fi
 .venv/bin/python -m pytest "$@"

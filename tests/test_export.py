@@ -88,7 +88,9 @@ def zoo_cases() -> list:
             if (arch, fmt) in CANNOT_EXPORT:
                 marks.append(pytest.mark.xfail(strict=True, raises=ExportError, reason=CANNOT_EXPORT[arch, fmt]))
             if arch in DEPTH_ONLY:
-                marks.append(pytest.mark.slow)
+                marks.append(pytest.mark.heavy)
+            if arch == "resnet1202":  # untrained, its 600 blocks overflow float32 in eval mode (tests/test_models.py)
+                marks.append(pytest.mark.xfail(strict=True, raises=ExportError, reason="non-finite untrained logits"))
             name = "-".join([arch, *(f"{v}-{k}" for k, v in options.items()), fmt])
             cases.append(pytest.param(arch, options, fmt, marks=marks, id=name))
     return cases

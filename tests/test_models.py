@@ -123,7 +123,7 @@ def test_resnet1202_has_he_et_al_parameter_count():
     assert round(n_params(model) / 1e6, 1) == 19.4
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_resnet1202_builds_and_summarises_on_cifar_images():
     from cnnctl.models.summary import summarize
 

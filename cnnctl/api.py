@@ -183,9 +183,10 @@ def summary(config: ConfigLike, *, overrides: Sequence[str] | None = None, expla
     """The network a config builds, on its data's input shape: ``cnnctl summary --json``'s document (layers with
     output shapes, parameters and multiply-adds, totals, depth); with ``explain``, per-layer size arithmetic,
     receptive fields and parameter formulas too. ``.text`` is the table ``cnnctl summary`` prints."""
+    cfg = load_config(config, overrides)  # first: a bad config is reported without importing torch
     from cnnctl.models.summary import network_summary
 
-    result, text = network_summary(load_config(config, overrides), explain_layers=explain)
+    result, text = network_summary(cfg, explain_layers=explain)
     out = Summary(result)
     out.text = text
     return out

@@ -189,7 +189,8 @@ def test_the_cli_is_a_layer_over_the_api(cli, monkeypatch, tmp_path):
     assert [(n, a, k) for n, a, k in calls] == [
         ("train", ("lenet5-digits",), {"overrides": ["train.epochs=1"], "name": "n", "out": None, "resume": None,
                                        "device": None}),
-        ("evaluate", (["a.pt", "b.pt"],), {"split": "val", "data_root": None, "device": "auto"}),
-        ("predict", (["x.png"], "m.pt"), {"topk": 5, "device": "cpu"}),
+        ("evaluate", (["a.pt", "b.pt"],), {"split": "val", "data_root": None, "device": "auto", "plots": None}),
+        ("predict", (["x.png"], "m.pt"), {"topk": 5, "device": "cpu", "explain": False, "label": None,
+                                          "labels_from_folders": False}),
         ("summary", ("lenet5-digits",), {"overrides": None, "explain": False}),
     ]

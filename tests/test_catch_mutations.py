@@ -35,7 +35,8 @@ from tests.conftest import write_config
 
 def fake_checkpoint(step: int) -> dict:
     """The smallest dict load_checkpoint accepts, with 80 kB of weights (more than one write buffer)."""
-    return {"format": FORMAT, "config": {}, "classes": [], "input": {}, "model": {"w": torch.full((20_000,), float(step))},
+    return {"format": FORMAT, "config": {}, "classes": [],
+            "input": {"channels": 1, "size": [8, 8], "mean": [0.5], "std": [0.25]}, "model": {"w": torch.full((20_000,), float(step))},
             "step": step}
 
 
@@ -433,7 +434,8 @@ RESUME_ALLOWED = {
     "name", "out", "train.epochs", "train.device", "train.threads", "train.compile", "train.tensorboard",
     "train.early_stopping.patience", "train.early_stopping.min_delta", "train.early_stopping.restore_best",
     "train.checkpoint.save_every", "train.checkpoint.save_every_steps", "data.root", "data.download",
-    "data.workers", "data.eval_batch_size", "data.cache", "data.cache_dir",
+    "data.workers", "data.eval_batch_size", "data.cache", "data.cache_dir", "train.record_gradients_every",
+    "train.record_activations",
 }
 BASE = """\
 seed: 0

@@ -130,7 +130,7 @@ def test_confusion_matrix_numbers_agree_with_eval(runs, cli, tmp_path):
         drawn = capture_figures(mp)
         result = cli("eval", run / "best.pt", "--json", "--plots", tmp_path / "eval")
     assert result.exit_code == 0, result.output
-    confusion, per_class = drawn
+    confusion, per_class, _mistakes = drawn
     check_confusion_figure(confusion, json.loads(result.stdout)["confusion_matrix"])
     bars = [[float(r.get_height()) for r in container] for container in per_class.axes[0].containers]
     rows = json.loads(result.stdout)["per_class"]

@@ -101,7 +101,8 @@ def test_two_trainers_on_one_run_the_second_refused_with_the_first_pid(tmp_path)
                        "model: {arch: custom, layers: [flatten, {linear: {out: 32}}, relu, linear]}\n")
     run_dir = tmp_path / "runs" / "shared"
     first = subprocess.Popen([sys.executable, "-m", "cnnctl", "train", str(cfg), "--name", "shared", "--out",
-                              str(tmp_path / "runs"), "--set", "train.epochs=500"], stdout=subprocess.DEVNULL,
+                              str(tmp_path / "runs"), "--set", "train.epochs=500", "--set",
+                              "train.early_stopping=null"], stdout=subprocess.DEVNULL,  # still training when asked
                              stderr=subprocess.PIPE, text=True)
     try:
         assert first.stderr is not None

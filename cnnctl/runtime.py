@@ -62,6 +62,21 @@ def configure_process(*, threads: int | str | None = None, allocator: bool = Tru
         torch.set_num_threads(threads)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says a new allocation can get (Linux' MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def select_device(spec: str) -> torch.device:
     """``auto`` is CUDA when present, else CPU; asking for a device that is not there is bad input."""
     import torch

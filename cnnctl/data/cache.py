@@ -113,18 +113,10 @@ def memory_budget(device: torch.device | str | None) -> tuple[int, str]:
 
 
 def available_ram() -> int:
-    """Bytes of RAM available to new allocations without swapping (Linux's MemAvailable), else the free pages."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume it does not fit; streaming works
-        return 0
+    """Bytes of RAM new allocations can get (``runtime.available_memory``); 0 where unknown: streaming works."""
+    from cnnctl.runtime import available_memory
+
+    return available_memory() or 0
 
 
 def _size(nbytes: float) -> str:

@@ -28,7 +28,6 @@ Kinds and their arguments (kernels are square; the types are checked by :class:`
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,21 +109,6 @@ MAX_ELEMENTS = 1_000_000_000
 
 def _gib(elements: int) -> str:
     return f"{elements * 4 / 2**30:,.1f} GiB"
-
-
-def available_memory() -> int | None:
-    """Bytes of memory the kernel says a new allocation can get (Linux' MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 # ---------------------------------------------------------------- one plan per kind
@@ -271,6 +255,8 @@ def _check_size(steps: list[Planned]) -> None:
     """Refuse a network too large to allocate, naming its largest layer, before a single weight exists."""
     params = sum(step.params for step in steps)
     activations = sum(step.activations for step in steps)
+    from cnnctl.runtime import available_memory
+
     memory = available_memory()
     if params > MAX_ELEMENTS or (memory is not None and params * 4 > memory):
         big = max(steps, key=lambda step: step.params)

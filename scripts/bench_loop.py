@@ -63,7 +63,7 @@ def run_cnnctl(cfg: Config, split: TensorSplit, out: Path) -> tuple[float, list[
     # The bench feeds its own tensors through the real loader: swap load_data for one returning them.
     original = run_module.load_data
 
-    def load(_cfg, _seed):
+    def load(_cfg, _seed, **_kw):
         return DataBundle("bench", [str(i) for i in range(10)], split.images.shape[1], tuple(split.images.shape[2:]),
                           [0.0] * split.images.shape[1], [1.0] * split.images.shape[1], split, None, None)
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cnnctl.errors import ConfigError, UsageError
 from cnnctl.models.specs import Layer
-from cnnctl.registry import closest
+from cnnctl.registry import closest, did_you_mean
 
 
 def bundled_dir(kind: Literal["configs", "spaces"] = "configs") -> Path:
@@ -352,12 +352,8 @@ def resolve_config_path(spec: str | Path) -> Path:
         return bundled[str(spec)]
     if path.is_dir():
         raise ConfigError("is a directory, not a config file; give a .yaml file or a bundled config name", file=str(spec))
-    hint = closest(str(spec), bundled)
-    did_you_mean = f" Did you mean {hint!r}?" if hint else ""
-    raise ConfigError(
-        f"no such file, nor a bundled config of that name.{did_you_mean} `cnnctl configs` lists the bundled ones",
-        file=str(spec),
-    )
+    raise ConfigError(f"no such file, nor a bundled config of that name{did_you_mean(str(spec), bundled)} "
+                      "(`cnnctl configs` lists the bundled ones)", file=str(spec))
 
 
 # Limits on a YAML file (config or tune space). The largest bundled config is a few hundred values; these leave

@@ -44,3 +44,19 @@ def run_cnnctl(*args: str, cwd: Path | None = None, timeout: float = 300, env: d
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def explode_loss_from(monkeypatch: pytest.MonkeyPatch, call: int = 50) -> None:
+    """Make training's loss the real cross-entropy turned to NaN from its ``call``-th use on (in a digits run with
+    batch 32, epoch 2), as a diverging run would."""
+    import torch
+
+    class ExplodingLoss(torch.nn.CrossEntropyLoss):
+        calls = 0
+
+        def forward(self, logits, target):
+            ExplodingLoss.calls += 1
+            loss = super().forward(logits, target)
+            return loss * float("nan") if ExplodingLoss.calls >= call else loss
+
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", ExplodingLoss)

@@ -18,11 +18,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from cnnctl.checkpoint import load_checkpoint, save_checkpoint
 from cnnctl.runs import STATUS_FILE
-from tests.conftest import ROOT, run_cnnctl, write_config
+from tests.conftest import ROOT, explode_loss_from, run_cnnctl, write_config
 from tests.datafiles import write_image_folder
 
 READ_ONLY = Path("/sys")  # mkdir and file creation fail there for every user, root included
@@ -202,15 +201,7 @@ def test_outputs_under_a_regular_file(world, cli, tmp_path):
 
 
 def test_a_failed_run_says_so_in_status_json_and_a_resume_clears_it(tmp_path, cli, monkeypatch):
-    class ExplodingLoss(torch.nn.CrossEntropyLoss):
-        calls = 0
-
-        def forward(self, logits, target):
-            ExplodingLoss.calls += 1
-            loss = super().forward(logits, target)
-            return loss * float("nan") if ExplodingLoss.calls >= 50 else loss
-
-    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", ExplodingLoss)
+    explode_loss_from(monkeypatch, 50)
     cfg = write_config(tmp_path / "nan.yaml", "data: {dataset: digits, batch_size: 32}\n"
                        "model: {arch: custom, layers: [flatten, {linear: {out: 16}}, relu, linear]}\n"
                        "train: {epochs: 2, checkpoint: {save_every_steps: 5}}\n")

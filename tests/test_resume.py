@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cnnctl.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import ROOT, run_cnnctl, write_config
+from tests.conftest import ROOT, explode_loss_from, run_cnnctl, write_config
 
 # Dropout, augmentation and mid-epoch saves: every source of randomness and every kind of resume point.
 EXACT = """\
@@ -180,17 +180,7 @@ def test_signal_saves_and_prints_resume_command(tmp_path, sig, code):
 
 
 def test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint(tmp_path, cli, monkeypatch):
-    class ExplodingLoss(torch.nn.CrossEntropyLoss):
-        """The real loss, turned to NaN from the 50th call on (epoch 2): as a diverging run would."""
-
-        calls = 0
-
-        def forward(self, logits, target):
-            ExplodingLoss.calls += 1
-            loss = super().forward(logits, target)
-            return loss * float("nan") if ExplodingLoss.calls >= 50 else loss
-
-    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", ExplodingLoss)
+    explode_loss_from(monkeypatch, 50)
     cfg = write_config(tmp_path / "nan.yaml", """\
 data: {dataset: digits, batch_size: 32}
 model: {arch: lenet5}

@@ -156,8 +156,12 @@ def predict_files(inputs: list[str], classes: list[str], *, spec: dict[str, Any]
                   label: str | None = None, labels_from_folders: bool = False) -> list[dict[str, Any]]:
     """Read ``inputs`` batch by batch; ``logits_of(uint8 [B, C, H, W])`` gives the network's logits ``[B, classes]``.
 
-    A file that cannot be read gets ``error`` in its entry and the others are still predicted.
+    A file that cannot be read gets ``error`` in its entry and the others are still predicted. The network runs
+    on one batch in a second thread while this one decodes the next: decoding is Python-bound (PIL's parsing holds
+    the GIL) and the forward pass is not (torch and onnxruntime release it), so the two overlap.
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from cnnctl.explain import explain_logits
 
     k = min(topk, len(classes))
@@ -165,13 +169,16 @@ def predict_files(inputs: list[str], classes: list[str], *, spec: dict[str, Any]
     steps = preprocessing(spec) if explain else ""
     results: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], torch.Tensor]] = []
+    running: list[tuple[list[dict[str, Any]], Future]] = []  # at most one batch in the network
 
-    def flush() -> None:
-        if not pending:
+    def collect() -> None:
+        """Fill in the entries of the batch the network is running (waits for it)."""
+        if not running:
             return
-        logits = logits_of(torch.stack([t for _, t in pending]))
+        entries, future = running.pop()
+        logits = future.result()
         top = logits.softmax(1).topk(k, dim=1)
-        for (entry, _), z, p, i in zip(pending, logits, top.values.tolist(), top.indices.tolist(), strict=True):
+        for entry, z, p, i in zip(entries, logits, top.values.tolist(), top.indices.tolist(), strict=True):
             entry["topk"] = [{"class": classes[j], "index": j, "prob": q} for q, j in zip(p, i, strict=True)]
             if explain:
                 truth = fixed
@@ -181,22 +188,32 @@ def predict_files(inputs: list[str], classes: list[str], *, spec: dict[str, Any]
                     if truth is None:
                         entry["label_note"] = f"folder {folder!r} is not one of the classes; no loss shown"
                 entry["explain"] = {"preprocessing": steps, **explain_logits(z, classes, truth)}
+
+    def submit(pool: ThreadPoolExecutor) -> None:
+        if not pending:
+            return
+        batch = torch.stack([t for _, t in pending])
+        entries = [entry for entry, _ in pending]
         pending.clear()
+        collect()  # the batch before this one
+        running.append((entries, pool.submit(logits_of, batch)))
 
     channels, size = int(spec["channels"]), (int(spec["size"][0]), int(spec["size"][1]))
-    for file, error in find_images(inputs):
-        entry: dict[str, Any] = {"file": file}
-        results.append(entry)
-        if error:
-            entry["error"] = error
-            continue
-        try:
-            pending.append((entry, load_image(file, channels, size)))
-        except CnnctlError as e:
-            entry["error"] = str(e)
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnctl-predict") as pool:
+        for file, error in find_images(inputs):
+            entry: dict[str, Any] = {"file": file}
+            results.append(entry)
+            if error:
+                entry["error"] = error
+                continue
+            try:
+                pending.append((entry, load_image(file, channels, size)))
+            except CnnctlError as e:
+                entry["error"] = str(e)
+            if len(pending) >= batch_size:
+                submit(pool)
+        submit(pool)
+        collect()
     return results
 
 

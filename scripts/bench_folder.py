@@ -13,7 +13,8 @@ repeat so a drift of the machine's speed spreads over all of them:
 - ``memory``: ``data.cache: memory``, decoded once at start, then batches cut from one uint8 tensor;
 - ``tensor``: the same pixels handed to the run as an in-memory dataset (what the built-in datasets are).
 
-Steady-state images/s are from the epochs after the first (metrics.csv's ``epoch_seconds``). The start costs are
+The process gets the allocator settings ``cnnctl train`` makes (``runtime.tune_cpu_allocator``). Steady-state
+images/s are from the epochs after the first (metrics.csv's ``epoch_seconds``). The start costs are
 ``load_data`` wall times: a streaming start (scan only), a decode-once start (scan + decode), and a start from a
 warm disk cache (``data.cache: disk``, second run), set against one streaming epoch (the first, workers
 starting included). Ratios are per repeat, then the median; ``normalize: none`` everywhere so that no variant
@@ -39,6 +40,7 @@ from PIL import Image
 
 from cnnctl.config import Config
 from cnnctl.data.base import DataBundle, TensorSplit, load_data
+from cnnctl.runtime import tune_cpu_allocator
 
 REPO = Path(__file__).resolve().parent.parent
 CONVNET = [{"conv": {"out": 32, "kernel": 3, "padding": 1}}, "batchnorm", "relu", {"maxpool": 2},
@@ -141,6 +143,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cnnctl-bench-folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    # As `cnnctl train` runs (the CLI entry point calls it): without it glibc's mmap threshold, which grows when
+    # a large block is freed, left the heap in a state that depended on what ran before (decoding 10,000 images
+    # frees large blocks), and a variant's speed on which variant ran earlier in this process.
+    tune_cpu_allocator()
     if not (args.mnist / "train-images-idx3-ubyte.gz").is_file():
         parser.error(f"no MNIST archives (train-images-idx3-ubyte.gz) in {args.mnist}; pass --mnist DIR")
     folders = make_folders(args.workdir, args.mnist, args.images)

@@ -1,10 +1,12 @@
 """cnnctl's training loop against a minimal hand-written PyTorch loop, side by side in one process.
 
     .venv/bin/python scripts/bench_loop.py [--repeats 5] [--epochs 3] [--threads N] [--device cpu]
+                                           [--record-gradients-every N|off]
 
 For each model (lenet5 on MNIST-shaped data, resnet20 on CIFAR-shaped data) it alternates A B B A: A is
 ``cnnctl.run.build_run`` + ``cnnctl.engine.fit`` + ``cnnctl.run.finish`` (the code ``cnnctl train`` runs: progress, metrics.csv, checkpoints, summary.json; no
-validation split so both sides do the same arithmetic), B is the hand-written loop on the same model, data,
+validation split so both sides do the same arithmetic; gradient recording at the config's default, every 20th
+step, unless ``--record-gradients-every`` says otherwise), B is the hand-written loop on the same model, data,
 batch size, dtype and threads. It prints steady-state images/s of each (epochs after the first), the median
 ratio cnnctl / hand-written, and cnnctl's fixed overhead per epoch, measured as a marginal cost so one-time
 start-up (model build, final plots) cancels out: each side runs 1 and 1 + E epochs, its per-epoch cost is
@@ -44,7 +46,8 @@ def synthetic(channels: int, side: int, n: int, seed: int = 0) -> TensorSplit:
     return TensorSplit(images, labels)
 
 
-def config_for(arch: str, batch: int, epochs: int, device: str, **train: object) -> Config:
+def config_for(arch: str, batch: int, epochs: int, device: str, record_every: int | None = 20,
+               **train: object) -> Config:
     return Config.model_validate({
         "name": "bench", "seed": 0,
         "data": {"dataset": "fake", "batch_size": batch, "val_split": 0, "normalize": "none"},
@@ -52,7 +55,7 @@ def config_for(arch: str, batch: int, epochs: int, device: str, **train: object)
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
         "train": {"epochs": epochs, "device": device, "early_stopping": None,
                   "checkpoint": {"monitor": "train_loss"}, "channels_last": False, "precision": "fp32",
-                  **train},
+                  "record_gradients_every": record_every, **train},
     })
 
 
@@ -121,7 +124,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--record-gradients-every", default="20", metavar="N|off",
+                        help="cnnctl's train.record_gradients_every (default 20, the config default; off: none)")
     args = parser.parse_args()
+    record = None if args.record_gradients_every == "off" else int(args.record_gradients_every)
     logging.basicConfig(level=logging.WARNING)
     # Both sides share the process, so both get the allocator settings cnnctl makes (runtime.tune_cpu_allocator;
     # scripts/bench_allocator.py measures what they are worth); set CNNCTL_DEFAULT_MALLOC=1 to run both without.
@@ -133,9 +139,9 @@ def main() -> None:
         for name in args.cases:
             arch, channels, side, n, batch = CASES[name]
             split = synthetic(channels, side, n)
-            cfg = config_for(arch, batch, args.epochs, args.device)
+            cfg = config_for(arch, batch, args.epochs, args.device, record)
             run_hand(cfg, split)  # warm-up: allocator, kernels, first-touch
-            short = config_for(arch, batch, 1, args.device)
+            short = config_for(arch, batch, 1, args.device, record)
             a_ips, b_ips, ratios, overheads = [], [], [], []
             sides = {"a": lambda c, s=split: run_cnnctl(c, s, Path(tmp)), "b": lambda c, s=split: run_hand(c, s)}
             for r in range(args.repeats):
@@ -163,7 +169,8 @@ def main() -> None:
                   f"{results[name]['hand_images_per_s']:,.0f} img/s, median ratio {results[name]['median_ratio']:.3f}, "
                   f"overhead {results[name]['overhead_s_per_epoch']:+.3f} s/epoch", flush=True)
     print(json.dumps({"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                      "repeats": args.repeats, "epochs": args.epochs, "results": results}, indent=2))
+                      "repeats": args.repeats, "epochs": args.epochs, "record_gradients_every": record,
+                      "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,17 +14,17 @@ set -euo pipefail
 
 # ---------------------------------------------------------------- edit here
 # NAME|module file(s) to mutate (globs, comma separated)|fast tests that cover them (pytest arguments)
-# The loop is engine.py; early stopping and the best metric live in hooks.py; the resume policy in config.py.
+# The loop is engine.py (run assembly, run.py, is left out: its tests train whole runs); early stopping and the best metric live in hooks.py; the resume policy in config.py.
 MODULES=(
   "hooks|cnnctl/hooks.py|tests/test_hooks.py tests/test_catch_mutations.py::test_early_stopping_min_mode_counts_an_equal_value_as_no_improvement tests/test_catch_mutations.py::test_early_stopping_state_is_a_file_format_and_resumes_mid_wait"
   "metrics|cnnctl/metrics.py|tests/test_metrics.py tests/test_properties.py -k 'sklearn or metrics'"
-  "checkpoint|cnnctl/checkpoint.py|tests/test_catch_mutations.py -k 'atomic'"
+  "checkpoint|cnnctl/checkpoint.py|tests/test_checkpoint.py tests/test_catch_mutations.py -k 'atomic or checkpoint'"
   # mutmut's trampolines make Plan.warmup unpicklable: the two tests that torch.save a "none" schedule cannot run
   "optim|cnnctl/optim.py|tests/test_optim.py tests/test_catch_mutations.py::test_plateau_gets_the_first_metric_after_warmup --deselect 'tests/test_optim.py::test_state_round_trip_continues_exactly[none]' --deselect 'tests/test_optim.py::test_replan_continues_on_the_new_plan[none-False]'"
   "config|cnnctl/config.py|tests/test_config.py tests/test_properties.py -k 'not torch'"
-  "inference|cnnctl/inference.py|tests/test_catch_mutations.py -k 'ensemble or topk or top5'"
+  "inference|cnnctl/inference.py|tests/test_inference.py tests/test_catch_mutations.py -k 'inference or ensemble or topk or top5'"
   "data_split|cnnctl/data/base.py,cnnctl/data/splits.py|tests/test_data.py tests/test_properties.py tests/test_catch_mutations.py -k 'stratified or split or derive_seed'"
-  "engine|cnnctl/engine.py,cnnctl/run.py|tests/test_catch_mutations.py tests/test_train.py"
+  "engine|cnnctl/engine.py|tests/test_engine.py tests/test_resume.py::test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint tests/test_run.py::test_nonfinite_loss_before_any_checkpoint_does_not_claim_one"
 )
 PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3)

@@ -172,8 +172,11 @@ def linear_checkpoint(path: Path, weight: torch.Tensor, bias: torch.Tensor, *, c
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory) -> list[tuple[Path, torch.Tensor, torch.Tensor]]:
+    return make_members(tmp_path_factory.mktemp("members"))
+
+
+def make_members(tmp: Path) -> list[tuple[Path, torch.Tensor, torch.Tensor]]:
     """Two digits classifiers: a least-squares fit on the train split (good) and a random one (poor but confident)."""
-    tmp = tmp_path_factory.mktemp("members")
     x, y = digits_split("train")
     design = torch.cat([features(x), torch.ones(len(x), 1, dtype=torch.float64)], 1)
     target = torch.nn.functional.one_hot(y, 10).double() * 6 - 3

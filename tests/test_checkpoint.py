@@ -1,0 +1,302 @@
+"""cnnctl.checkpoint's public functions on hand-made files: every refusal of ``load_checkpoint`` with its words,
+the ``input`` block's checks, weights that do not fit the network, and what the atomic writes leave on disk.
+
+Fast (no training): each file is written here in the form the failure takes. ``scripts/mutation.sh checkpoint``
+runs this file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import stat
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+from cnnctl.checkpoint import (
+    FORMAT,
+    atomic_write,
+    current_umask,
+    input_problem,
+    load_checkpoint,
+    load_model_state,
+    run_checkpoint,
+    save_checkpoint,
+    write_json,
+    write_text,
+)
+from cnnctl.errors import CheckpointError, WriteError
+
+GOOD_INPUT = {"channels": 1, "size": [28, 28], "mean": [0.1307], "std": [0.3081]}
+
+
+def checkpoint(**overrides):
+    data = {"format": FORMAT, "config": {"name": "x"}, "classes": ["a", "b"], "input": dict(GOOD_INPUT),
+            "model": {"w": torch.arange(3.0)}, "step": 7}
+    data.update(overrides)
+    return data
+
+
+class Opaque:  # a class torch.load(weights_only=True) must refuse to rebuild
+    def __init__(self):
+        self.x = 1
+
+
+def refusal(path) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert info.value.exit_code == 2
+    assert info.value.file == str(path)
+    return str(info.value)
+
+
+def test_a_saved_checkpoint_loads_back_whole(tmp_path):
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, checkpoint())
+    data = load_checkpoint(path)
+    assert data["step"] == 7 and data["classes"] == ["a", "b"]
+    assert torch.equal(data["model"]["w"], torch.arange(3.0))
+
+
+def test_older_formats_load(tmp_path):
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, checkpoint(format=0))
+    assert load_checkpoint(str(path))["format"] == 0
+
+
+def test_a_directory_is_refused_with_what_to_give(tmp_path):
+    message = refusal(tmp_path)
+    assert message == f"{tmp_path}: is a directory; give a .pt file such as best.pt or last.pt"
+
+
+def test_a_missing_file_is_refused(tmp_path):
+    assert refusal(tmp_path / "nope.pt") == f"{tmp_path / 'nope.pt'}: no such file"
+
+
+def test_an_empty_file_is_refused_as_an_interrupted_save(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"")
+    assert "empty file (0 bytes)" in refusal(path)
+
+
+def test_a_one_byte_file_is_not_called_empty(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"x")
+    message = refusal(path)
+    assert "empty file" not in message
+
+
+def test_pickled_code_is_refused_as_unsafe(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "payload": Opaque()}, path)
+    message = refusal(path)
+    assert "refused: it carries pickled Python objects (code)" in message
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_garbage_is_not_a_checkpoint(tmp_path, legacy):
+    path = tmp_path / "noise.pt"
+    # A legacy (non-zip) torch file starts with a pickle; bytes that are no pickle fail there.
+    path.write_bytes(b"\x80\x02" + b"\xff" * 64 if legacy else b"this is a text file, not a checkpoint\n" * 4)
+    message = refusal(path)
+    assert "not a PyTorch checkpoint" in message
+    assert "refused" not in message
+
+
+def test_a_truncated_archive_is_named_truncated(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint(model={"w": torch.zeros(50_000)}))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    message = refusal(path)
+    assert "not a PyTorch checkpoint, or truncated: it is not the zip archive torch.save writes" in message
+
+
+def test_a_zip_that_torch_did_not_write_is_corrupt(tmp_path):
+    path = tmp_path / "other.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("hello.txt", "not torch")
+    message = refusal(path)
+    assert "truncated or corrupt checkpoint (" in message
+
+
+def test_a_bare_state_dict_names_every_missing_key(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    message = refusal(path)
+    assert "not a cnnctl checkpoint (missing format, config, classes, input, model)" in message
+
+
+def test_a_checkpoint_without_some_keys_names_only_those(tmp_path):
+    path = tmp_path / "part.pt"
+    data = checkpoint()
+    del data["classes"], data["input"]
+    torch.save(data, path)
+    assert "(missing classes, input)" in refusal(path)
+
+
+def test_a_list_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([1, 2, 3], path)
+    assert "(missing format, config, classes, input, model)" in refusal(path)
+
+
+@pytest.mark.parametrize("fmt", [FORMAT + 1, "1", 1.0, None])
+def test_a_newer_or_strange_format_asks_for_an_upgrade(tmp_path, fmt):
+    path = tmp_path / "new.pt"
+    torch.save(checkpoint(format=fmt), path)
+    message = refusal(path)
+    assert f"written by a newer cnnctl (checkpoint format {fmt}; this cnnctl reads up to {FORMAT})" in message
+
+
+def test_a_damaged_input_block_is_named(tmp_path):
+    path = tmp_path / "bad.pt"
+    torch.save(checkpoint(input={**GOOD_INPUT, "std": [0.0]}), path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert info.value.key == "input"
+    assert str(info.value) == (f"{path}: input: std must be positive (images are divided by it), got [0.0]; "
+                               "the checkpoint was edited or damaged, use one written by `cnnctl train`")
+
+
+@pytest.mark.parametrize("spec, problem", [
+    (["channels"], "expected a mapping with channels, size, mean and std, got list"),
+    ({"channels": 1, "size": [2, 2]}, "missing mean, std"),
+    ({}, "missing channels, size, mean, std"),
+    ({**GOOD_INPUT, "channels": 0}, "channels must be a positive integer, got '0'"),
+    ({**GOOD_INPUT, "channels": True}, "channels must be a positive integer, got 'True'"),
+    ({**GOOD_INPUT, "channels": 1.0}, "channels must be a positive integer, got '1.0'"),
+    ({**GOOD_INPUT, "size": [28]}, "size must be [height, width] of positive integers, got '[28]'"),
+    ({**GOOD_INPUT, "size": [28, 28, 1]}, "size must be [height, width] of positive integers, got '[28, 28, 1]'"),
+    ({**GOOD_INPUT, "size": "28x28"}, "size must be [height, width] of positive integers, got '28x28'"),
+    ({**GOOD_INPUT, "size": [28, 0]}, "size must be [height, width] of positive integers, got '[28, 0]'"),
+    ({**GOOD_INPUT, "size": [True, 28]}, "size must be [height, width] of positive integers, got '[True, 28]'"),
+    ({**GOOD_INPUT, "size": [28.0, 28]}, "size must be [height, width] of positive integers, got '[28.0, 28]'"),
+    ({**GOOD_INPUT, "mean": [0.1, 0.2]}, "mean must be 1 finite number(s), one per channel, got '[0.1, 0.2]'"),
+    ({**GOOD_INPUT, "mean": 0.1}, "mean must be 1 finite number(s), one per channel, got '0.1'"),
+    ({**GOOD_INPUT, "mean": [float("nan")]}, "mean must be 1 finite number(s), one per channel, got '[nan]'"),
+    ({**GOOD_INPUT, "std": [float("inf")]}, "std must be 1 finite number(s), one per channel, got '[inf]'"),
+    ({**GOOD_INPUT, "std": [True]}, "std must be 1 finite number(s), one per channel, got '[True]'"),
+    ({**GOOD_INPUT, "std": ["1"]}, "std must be 1 finite number(s), one per channel, got \"['1']\""),
+    ({**GOOD_INPUT, "std": [-0.5]}, "std must be positive (images are divided by it), got [-0.5]"),
+    ({**GOOD_INPUT, "std": [0]}, "std must be positive (images are divided by it), got [0]"),
+    ({"channels": 3, "size": [4, 5], "mean": [0, 0, 0], "std": [1, 1, 0.0]},
+     "std must be positive (images are divided by it), got [1, 1, 0.0]"),
+    ({"channels": 3, "size": [4, 5], "mean": (0, 0), "std": [1, 1, 1]},
+     "mean must be 3 finite number(s), one per channel, got '(0, 0)'"),
+])
+def test_input_problem_names_what_is_wrong(spec, problem):
+    assert input_problem(spec) == problem
+
+
+@pytest.mark.parametrize("spec", [
+    GOOD_INPUT,
+    {"channels": 3, "size": (32, 32), "mean": (0.5, 0.5, 0.5), "std": [0.25, 0.25, 1]},
+    {"channels": 1, "size": [1, 1], "mean": [0], "std": [1e-9], "extra": "kept"},
+])
+def test_input_problem_accepts_sound_blocks(spec):
+    assert input_problem(spec) is None
+
+
+def test_weights_that_fit_are_loaded_exactly():
+    source, target = nn.Linear(3, 2), nn.Linear(3, 2)
+    load_model_state(target, source.state_dict(), "best.pt")
+    assert torch.equal(target.weight, source.weight) and torch.equal(target.bias, source.bias)
+
+
+def test_weights_of_another_network_are_described():
+    net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    state = {"0.weight": torch.zeros(2, 4), "0.bias": torch.zeros(2), "2.weight": torch.zeros(1), "3.x": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as info:
+        load_model_state(net, state, "runs/a/best.pt")
+    assert str(info.value) == (
+        "runs/a/best.pt: its weights do not match the network its config describes: "
+        "2 weights missing (e.g. 1.weight); 2 unexpected (e.g. 2.weight); "
+        "1 of another shape (e.g. 0.weight: [2, 4] in the file, [2, 3] in the network). "
+        "Was the config edited? Use the checkpoint written with it")
+
+
+def test_only_missing_weights_are_reported_alone():
+    net = nn.Linear(3, 2)
+    with pytest.raises(CheckpointError) as info:
+        load_model_state(net, {"weight": torch.zeros(2, 3)}, "x.pt")
+    assert "do not match the network its config describes: 1 weights missing (e.g. bias). Was" in str(info.value)
+
+
+def test_only_unexpected_weights_are_reported_alone():
+    net = nn.Linear(3, 2)
+    state = {**net.state_dict(), "extra": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as info:
+        load_model_state(net, state, "x.pt")
+    assert "describes: 1 unexpected (e.g. extra). Was" in str(info.value)
+
+
+def test_a_run_directory_gives_its_checkpoint(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"x")
+    assert run_checkpoint(tmp_path, "best.pt") == tmp_path / "best.pt"
+    assert run_checkpoint(str(tmp_path / "last.pt"), "best.pt") == tmp_path / "last.pt"  # a file is itself
+    with pytest.raises(CheckpointError) as info:
+        run_checkpoint(tmp_path, "last.pt")
+    assert str(info.value) == f"{tmp_path}: is a run directory without last.pt; it holds no finished epoch yet"
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert current_umask() == old
+
+
+def test_write_json_is_indented_with_a_final_newline(tmp_path):
+    write_json(tmp_path / "s.json", {"a": [1, 2], "b": "é"})
+    text = (tmp_path / "s.json").read_text(encoding="utf-8")
+    assert text == json.dumps({"a": [1, 2], "b": "é"}, indent=2) + "\n"
+
+
+def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "metrics.csv"
+    write_text(path, "old\n")
+
+    def boom(f):
+        f.write("half")
+        raise ValueError("bug in the writer")
+
+    with pytest.raises(ValueError, match="bug in the writer"):
+        atomic_write(path, boom, binary=False)
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+
+def test_a_write_into_a_missing_folder_is_a_write_error(tmp_path):
+    target = tmp_path / "gone" / "best.pt"
+    with pytest.raises(WriteError) as info:
+        save_checkpoint(target, checkpoint())
+    assert info.value.exit_code == 1
+    assert str(info.value) == f"could not write {target}: No such file or directory; the previous file, if any, is intact"
+
+
+def test_a_checkpoint_that_cannot_pickle_never_touches_the_disk(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint())
+    before = path.read_bytes()
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda cannot be pickled
+        save_checkpoint(path, checkpoint(bad=lambda: 1))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_saved_bytes_are_what_torch_save_writes(tmp_path):
+    buffer = io.BytesIO()
+    data = checkpoint()
+    torch.save(data, buffer)
+    save_checkpoint(tmp_path / "x.pt", data)
+    assert len((tmp_path / "x.pt").read_bytes()) == len(buffer.getvalue())

@@ -1,0 +1,251 @@
+"""cnnctl.inference through ``cnnctl eval`` and its public functions, on hand-made checkpoints (no training): the
+report's text, the mistakes and confused pairs against numbers computed here, the refusals, sampling images of a
+checkpoint's dataset. ``scripts/mutation.sh inference`` runs this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from cnnctl.errors import CnnctlError, DataError, UsageError
+from cnnctl.inference import (
+    MISTAKES,
+    check_classes,
+    evaluate_checkpoints,
+    format_report,
+    load_model,
+    newest_best,
+    sample_images,
+    split_images,
+)
+from tests.test_catch_mutations import digits_split, linear_checkpoint, make_members, softmax64
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    """A good (least squares) and a poor (random) digits classifier, as hand-made checkpoints."""
+    return make_members(tmp_path_factory.mktemp("members"))
+
+
+def expected_of(x, y, weight, bias):
+    probs = softmax64(x, weight, bias)
+    conf, pred = probs.max(1)
+    return probs, conf, pred
+
+
+def test_single_checkpoint_numbers_mistakes_and_pairs(members):
+    path, weight, bias = members[1]  # the poor one: many mistakes
+    x, y = digits_split("test")
+    probs, conf, pred = expected_of(x, y, weight, bias)
+
+    result = evaluate_checkpoints([str(path)])
+
+    assert result["checkpoint"] == str(path) and result["split"] == "test" and result["n"] == 359
+    assert result["accuracy"] == int((pred == y).sum()) / 359
+    wrong = [i for i in range(359) if pred[i] != y[i]]
+    wrong.sort(key=lambda i: (-float(conf[i]), i))
+    assert len(wrong) > MISTAKES  # so the limit is what cuts the list
+    mistakes = result["mistakes"]
+    assert len(mistakes) == MISTAKES
+    # float32 in the network, float64 here: near-equal confidences may swap places, so compare values, not places
+    assert [m["prob"] for m in mistakes] == pytest.approx([float(conf[i]) for i in wrong[:MISTAKES]], abs=1e-5)
+    assert [m["prob"] for m in mistakes] == sorted((m["prob"] for m in mistakes), reverse=True)
+    assert all(pred[m["index"]] != y[m["index"]] for m in mistakes)
+    first = mistakes[0]
+    i = first["index"]
+    assert first["true"] == str(int(y[i])) and first["pred"] == str(int(pred[i]))  # class names, not indices
+    assert first["prob"] == pytest.approx(float(conf[i]), abs=1e-5)
+    assert first["true_prob"] == pytest.approx(float(probs[i, y[i]]), abs=1e-5)
+
+    confusion = torch.zeros(10, 10, dtype=torch.int64)
+    confusion.index_put_((y, pred), torch.ones(359, dtype=torch.int64), accumulate=True)
+    assert result["confusion_matrix"] == confusion.tolist()
+    cells = sorted(((int(confusion[t, p]), t, p) for t in range(10) for p in range(10) if t != p and confusion[t, p]),
+                   key=lambda c: (-c[0], c[1], c[2]))
+    assert result["confused_pairs"] == [{"true": str(t), "pred": str(p), "count": c} for c, t, p in cells[:5]]
+
+
+def test_the_report_reads_as_documented(members):
+    path = str(members[0][0])
+    result = evaluate_checkpoints([path])
+    text = format_report(result)
+    lines = text.splitlines()
+    assert lines[0] == (f"{path} on test (n=359): loss {result['loss']:.4f}  accuracy {result['accuracy']:.2%}"
+                        f"  top-5 {result['top5']:.2%}")
+    assert lines[1] == ""
+    assert lines[2] == "class  precision  recall      f1  support"
+    c0 = result["per_class"][0]
+    assert lines[3] == f"0      {c0['precision']:9.4f}  {c0['recall']:6.4f}  {c0['f1']:6.4f}  {c0['support']:7d}"
+    assert len(lines[3:13]) == 10
+    at = lines.index("confusion matrix (rows: true class, columns: predicted)")
+    assert lines[at - 1] == "" or lines[at - 1].startswith("9")
+    assert lines[at + 1] == "     " + "  " + " ".join(f"{i:>3}" for i in range(10))
+    cm = result["confusion_matrix"]
+    assert lines[at + 2] == "0      " + " ".join(f"{v:>3}" for v in cm[0])
+    assert lines[at + 11] == "9      " + " ".join(f"{v:>3}" for v in cm[9])
+    pairs = result["confused_pairs"]
+    if pairs:
+        assert lines[at + 12] == ""
+        assert lines[at + 13] == "most confused (true -> predicted: images)"
+        assert lines[at + 14] == f"  {pairs[0]['true']} -> {pairs[0]['pred']}: {pairs[0]['count']}"
+        assert len(lines) == at + 14 + len(pairs)
+    else:
+        assert len(lines) == at + 12
+
+
+def test_the_report_of_an_ensemble_heads_with_it_then_each_member(members):
+    paths = [str(m[0]) for m in members]
+    result = evaluate_checkpoints(paths)
+    lines = format_report(result).splitlines()
+    assert lines[0].startswith("ensemble of 2 on test (n=359): loss ")
+    assert lines[1].startswith(f"{paths[0]} on test (n=359)") and lines[2].startswith(f"{paths[1]} on test (n=359)")
+    assert lines[3] == "" and lines[4].startswith("class  precision")
+    assert result["ensemble"]["checkpoint"] == paths and result["ensemble"]["split"] == "test"
+    assert [m["checkpoint"] for m in result["members"]] == paths
+    assert len(result["ensemble"]["mistakes"]) <= MISTAKES
+
+
+def test_a_report_without_top5_or_confusions_says_neither():
+    r = {"checkpoint": "c.pt", "split": "val", "n": 2, "loss": 0.5, "accuracy": 1.0, "top5": None,
+         "per_class": [{"class": "cat", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1},
+                       {"class": "a-long-name", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}],
+         "confusion_matrix": [[1, 0], [0, 1000]], "confused_pairs": []}
+    text = format_report(r)
+    assert text.splitlines()[0] == "c.pt on val (n=2): loss 0.5000  accuracy 100.00%"
+    assert "top-5" not in text and "most confused" not in text
+    lines = text.splitlines()
+    assert lines[2] == "class        precision  recall      f1  support"  # width of the longest class name
+    assert lines[-1] == "a-long-name     0 1000"  # cells as wide as the largest count
+    assert lines[-3] == " " * 13 + "   0    1"
+
+
+def test_the_val_split_is_evaluated_when_asked(members):
+    path, weight, bias = members[0]
+    x, y = digits_split("val")
+    _, _, pred = expected_of(x, y, weight, bias)
+    result = evaluate_checkpoints([str(path)], split="val", batch_size=7)
+    assert result["split"] == "val" and result["n"] == len(y)
+    assert result["accuracy"] == int((pred == y).sum()) / len(y)
+
+
+def test_a_missing_split_says_which_to_try(tmp_path):
+    data = {"dataset": "fake", "num_classes": 3, "num_samples": 30, "channels": 1, "image_size": 8, "val_split": 0}
+    path = linear_checkpoint(tmp_path / "best.pt", torch.zeros(3, 64), torch.zeros(3), classes=["a", "b", "c"],
+                             data=data)
+    with pytest.raises(UsageError, match=r"--split val: dataset fake has no val split here; try --split test"):
+        evaluate_checkpoints([str(path)], split="val")
+
+
+def test_a_run_directory_evaluates_its_best(members, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    os.link(members[0][0], run / "best.pt")
+    assert evaluate_checkpoints([str(run)])["checkpoint"] == str(run / "best.pt")
+    path, ckpt, model = load_model(run)
+    assert path == run / "best.pt" and not model.training and ckpt["classes"] == [str(i) for i in range(10)]
+
+
+def test_members_of_other_classes_cannot_ensemble(members, tmp_path):
+    # the same ten class names on other data: labels that are not the first member's
+    other = linear_checkpoint(tmp_path / "other.pt", torch.zeros(10, 64), torch.zeros(10),
+                              data={"dataset": "fake", "num_classes": 10, "num_samples": 100, "channels": 1,
+                                    "image_size": 8})
+    with pytest.raises(UsageError) as info:
+        evaluate_checkpoints([str(members[0][0]), str(other)])
+    assert str(info.value) == (f"{other}: cannot ensemble it with {members[0][0]}: they were trained on different "
+                               "classes or splits (dataset, seed or val_split differ)")
+
+
+def test_classes_must_match_in_order():
+    check_classes(["a", "b"], ("a", "b"), "c.pt", "data/")
+    check_classes([0, 1], ["0", "1"], "c.pt", "data/")
+    with pytest.raises(DataError) as info:
+        check_classes(["a", "b"], ["b", "a"], "c.pt", "data/")
+    assert str(info.value) == ("c.pt: the data in data/ has 2 classes (b, a), the checkpoint was trained on 2 (a, b); "
+                               "evaluate it on data with the classes it was trained on")
+    many = [f"c{i}" for i in range(21)]
+    with pytest.raises(DataError) as info:
+        check_classes(many[:20], many, "c.pt", "d")
+    assert f"has 21 classes ({', '.join(many[:20])}, ... (21 in all)), the checkpoint was trained on 20 " \
+           f"({', '.join(many[:20])});" in str(info.value)
+
+
+def test_sample_images_come_from_the_first_split_that_has_them(members):
+    path = members[0][0]
+    ckpt = torch.load(path, weights_only=True)
+    x, y = digits_split("test")
+    images, labels, source = sample_images(ckpt, str(path), 5)
+    assert source == "digits test"
+    assert torch.equal(images, x[:5]) and torch.equal(labels, y[:5])
+    images, labels, source = sample_images(ckpt, str(path), 3, splits=("train",))
+    tx, ty = digits_split("train")
+    assert source == "digits train" and torch.equal(images, tx[:3]) and torch.equal(labels, ty[:3])
+    big, _, _ = sample_images(ckpt, str(path), 10_000)
+    assert len(big) == 359
+
+
+def test_sample_images_say_when_no_split_has_any(tmp_path):
+    data = {"dataset": "fake", "num_classes": 3, "num_samples": 30, "channels": 1, "image_size": 8, "val_split": 0}
+    path = linear_checkpoint(tmp_path / "best.pt", torch.zeros(3, 64), torch.zeros(3), classes=["a", "b", "c"],
+                             data=data)
+    ckpt = torch.load(path, weights_only=True)
+    with pytest.raises(DataError, match=re.escape("dataset 'fake' has no val images")):
+        sample_images(ckpt, str(path), 2, splits=("val",))
+
+
+def test_sample_images_of_unreadable_data_never_download(tmp_path):
+    data = {"dataset": "mnist", "root": str(tmp_path / "nothing")}
+    path = linear_checkpoint(tmp_path / "best.pt", torch.zeros(10, 784), torch.zeros(10), data=data, side=28)
+    ckpt = torch.load(path, weights_only=True)
+    with pytest.raises(DataError) as info:
+        sample_images(ckpt, str(path), 2)
+    assert "the checkpoint's dataset 'mnist' cannot be loaded here (nothing is downloaded for this)" in str(info.value)
+    assert not any((tmp_path / "nothing").rglob("*.gz"))
+
+
+def test_split_images_resize_in_memory_images():
+    from cnnctl.data.base import TensorSplit
+
+    images = torch.arange(2 * 1 * 4 * 4, dtype=torch.uint8).reshape(2, 1, 4, 4)
+    part = TensorSplit(images, torch.tensor([0, 1]))
+    assert torch.equal(split_images(part, [1], 1, (4, 4)), images[1:])
+    assert split_images(part, [], 1, (6, 6)).shape == (0, 1, 6, 6)
+    resized = split_images(part, [0, 1], 1, (8, 8))
+    assert resized.shape == (2, 1, 8, 8) and resized.dtype == torch.uint8
+
+
+def test_newest_best_is_the_latest_written(tmp_path):
+    with pytest.raises(UsageError, match="no -c given"):
+        newest_best(tmp_path / "runs")
+    for i, name in enumerate(["b", "a", "c"]):
+        f = tmp_path / "runs" / name / "best.pt"
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+        os.utime(f, (1_000_000 + i * 10, 1_000_000 + i * 10))
+    assert newest_best(tmp_path / "runs") == tmp_path / "runs" / "c" / "best.pt"
+    os.utime(tmp_path / "runs" / "a" / "best.pt", (2_000_000, 2_000_000))
+    assert newest_best(tmp_path / "runs") == tmp_path / "runs" / "a" / "best.pt"
+
+
+def test_eval_json_of_one_checkpoint_is_the_result(cli, members):
+    result = cli("eval", members[0][0], "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report == json.loads(json.dumps(evaluate_checkpoints([str(members[0][0])])))
+
+
+def test_a_checkpoint_whose_config_no_longer_validates_is_named(tmp_path, members):
+    ckpt = torch.load(members[0][0], weights_only=True)
+    ckpt["config"]["optimizer"]["name"] = "adamx"
+    from cnnctl.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "edited.pt", ckpt)
+    with pytest.raises(CnnctlError) as info:
+        evaluate_checkpoints([str(tmp_path / "edited.pt")])
+    assert str(info.value).startswith(f"{tmp_path / 'edited.pt'}: its config no longer validates: ")
+    assert info.value.exit_code == 2

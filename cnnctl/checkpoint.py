@@ -109,11 +109,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError("is a directory; give a .pt file such as best.pt or last.pt", file=str(path))
-    if not path.exists():
-        raise CheckpointError("no such file", file=str(path))
     try:
         size = path.stat().st_size
-    except OSError as e:
+    except FileNotFoundError:
+        raise CheckpointError("no such file", file=str(path)) from None
+    except OSError as e:  # a parent that is a file, a folder without permission, a name too long
         raise CheckpointError(f"cannot read: {e.strerror}", file=str(path)) from None
     if size == 0:
         raise CheckpointError("empty file (0 bytes): not a checkpoint; a save may have been interrupted", file=str(path))

@@ -81,7 +81,7 @@ def test_a_missing_file_is_refused(tmp_path):
 def test_an_empty_file_is_refused_as_an_interrupted_save(tmp_path):
     path = tmp_path / "last.pt"
     path.write_bytes(b"")
-    assert "empty file (0 bytes)" in refusal(path)
+    assert refusal(path) == f"{path}: empty file (0 bytes): not a checkpoint; a save may have been interrupted"
 
 
 def test_a_one_byte_file_is_not_called_empty(tmp_path):
@@ -95,7 +95,8 @@ def test_pickled_code_is_refused_as_unsafe(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": 1, "payload": Opaque()}, path)
     message = refusal(path)
-    assert "refused: it carries pickled Python objects (code)" in message
+    assert message == (f"{path}: refused: it carries pickled Python objects (code) that torch.load(weights_only=True) "
+                       "will not run; only load checkpoints you trust, and re-save them as plain tensors")
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
@@ -104,8 +105,11 @@ def test_garbage_is_not_a_checkpoint(tmp_path, legacy):
     # A legacy (non-zip) torch file starts with a pickle; bytes that are no pickle fail there.
     path.write_bytes(b"\x80\x02" + b"\xff" * 64 if legacy else b"this is a text file, not a checkpoint\n" * 4)
     message = refusal(path)
-    assert "not a PyTorch checkpoint" in message
-    assert "refused" not in message
+    if legacy:
+        assert message == f"{path}: not a PyTorch checkpoint (unreadable pickle data)"
+    else:
+        assert message == (f"{path}: not a PyTorch checkpoint, or truncated: it is not the zip archive torch.save "
+                           "writes")
 
 
 def test_a_truncated_archive_is_named_truncated(tmp_path):
@@ -122,14 +126,16 @@ def test_a_zip_that_torch_did_not_write_is_corrupt(tmp_path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("hello.txt", "not torch")
     message = refusal(path)
-    assert "truncated or corrupt checkpoint (" in message
+    assert message == (f"{path}: truncated or corrupt checkpoint ([enforce fail at inline_container.cc:180] . file "
+                       "in archive is not in a subdirectory: hello.txt)")
 
 
 def test_a_bare_state_dict_names_every_missing_key(tmp_path):
     path = tmp_path / "sd.pt"
     torch.save({"w": torch.zeros(2)}, path)
     message = refusal(path)
-    assert "not a cnnctl checkpoint (missing format, config, classes, input, model)" in message
+    assert message == (f"{path}: not a cnnctl checkpoint (missing format, config, classes, input, model); a bare "
+                       "state_dict cannot say which network and data it belongs to")
 
 
 def test_a_checkpoint_without_some_keys_names_only_those(tmp_path):
@@ -300,3 +306,94 @@ def test_saved_bytes_are_what_torch_save_writes(tmp_path):
     torch.save(data, buffer)
     save_checkpoint(tmp_path / "x.pt", data)
     assert len((tmp_path / "x.pt").read_bytes()) == len(buffer.getvalue())
+
+
+def test_a_long_load_error_is_cut_to_160_characters(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint())
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("x" * 300)
+
+    monkeypatch.setattr(torch, "load", fail)
+    assert refusal(path) == f"{path}: truncated or corrupt checkpoint ({'x' * 160})"
+
+
+def test_a_path_through_a_file_cannot_be_read(tmp_path):
+    (tmp_path / "run").write_text("a file, not a folder")
+    path = tmp_path / "run" / "best.pt"
+    assert refusal(path) == f"{path}: cannot read: Not a directory"
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("channels", "c" * 100, "channels must be a positive integer, got '" + "c" * 40 + "'"),
+    ("size", "s" * 100, "size must be [height, width] of positive integers, got '" + "s" * 40 + "'"),
+    ("mean", "m" * 100, "mean must be 1 finite number(s), one per channel, got '" + "m" * 60 + "'"),
+])
+def test_input_problem_cuts_long_values(key, value, shown):
+    assert input_problem({**GOOD_INPUT, key: value}) == shown
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_files_follow_any_umask(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        save_checkpoint(tmp_path / "x.pt", checkpoint())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.pt").stat().st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_the_umask_is_read_without_setting_it(monkeypatch):
+    """Setting the umask to read it would give a file another thread creates meanwhile the wrong mode."""
+    expected = os.umask(0o022)
+    os.umask(expected)
+
+    def refuse(mask):
+        raise AssertionError("current_umask changed the process umask")
+
+    monkeypatch.setattr(os, "umask", refuse)
+    assert current_umask() == expected
+
+
+def test_without_proc_the_umask_is_set_back(monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+
+    def no_proc(file, *args, **kwargs):
+        if str(file).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_open(file, *args, **kwargs)
+
+    old = os.umask(0o037)
+    try:
+        monkeypatch.setattr(builtins, "open", no_proc)
+        assert current_umask() == 0o037
+        assert current_umask() == 0o037  # and it was put back
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+
+
+def test_the_temporary_file_is_hidden_beside_the_target(tmp_path):
+    seen = []
+
+    def write(f):
+        seen.extend(p.name for p in tmp_path.iterdir())
+        f.write(b"data")
+
+    atomic_write(tmp_path / "last.pt", write)
+    [name] = seen
+    assert name.startswith(".last.pt.") and name.endswith(".tmp")
+    assert (tmp_path / "last.pt").read_bytes() == b"data"
+
+
+def test_a_write_error_without_an_errno_keeps_its_words(tmp_path):
+    def write(f):
+        raise OSError("device went away")
+
+    with pytest.raises(WriteError) as info:
+        atomic_write(tmp_path / "a.bin", write)
+    assert str(info.value) == f"could not write {tmp_path / 'a.bin'}: device went away; the previous file, if any, is intact"

@@ -249,3 +249,85 @@ def test_a_checkpoint_whose_config_no_longer_validates_is_named(tmp_path, member
         evaluate_checkpoints([str(tmp_path / "edited.pt")])
     assert str(info.value).startswith(f"{tmp_path / 'edited.pt'}: its config no longer validates: ")
     assert info.value.exit_code == 2
+
+
+def test_a_split_of_one_image_is_used(tmp_path):
+    data = {"dataset": "fake", "num_classes": 3, "num_samples": 20, "channels": 1, "image_size": 8, "val_split": 0,
+            "test_split": 0.05}
+    path = linear_checkpoint(tmp_path / "best.pt", torch.zeros(3, 64), torch.zeros(3), classes=["0", "1", "2"],
+                             data=data)
+    images, labels, source = sample_images(torch.load(path, weights_only=True), str(path), 4)
+    assert source == "fake test" and images.shape == (1, 1, 8, 8) and len(labels) == 1
+
+
+def test_sample_images_come_at_the_checkpoints_input_size(members):
+    path = members[0][0]
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["input"]["size"] = [6, 10]  # not square, not the data's 8x8: resized, height first
+    images, _, _ = sample_images(ckpt, str(path), 3)
+    assert images.shape == (3, 1, 6, 10) and images.dtype == torch.uint8
+
+
+def test_sample_images_name_the_checkpoint_when_its_config_is_broken(members):
+    path = members[0][0]
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["model"]["arch"] = "lenet55"
+    with pytest.raises(CnnctlError) as info:
+        sample_images(ckpt, "from/here.pt", 2)
+    assert info.value.file == "from/here.pt"
+
+
+def test_sample_images_of_a_split_that_is_not_there_name_the_checkpoint(tmp_path):
+    data = {"dataset": "fake", "num_classes": 3, "num_samples": 30, "channels": 1, "image_size": 8, "val_split": 0}
+    path = linear_checkpoint(tmp_path / "best.pt", torch.zeros(3, 64), torch.zeros(3), classes=["a", "b", "c"],
+                             data=data)
+    with pytest.raises(DataError) as info:
+        sample_images(torch.load(path, weights_only=True), "ck.pt", 2, splits=("val",))
+    assert info.value.file == "ck.pt"
+
+
+def test_sample_images_never_download_and_say_so(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", lambda self: calls.append(self))
+    data = {"dataset": "mnist", "root": str(tmp_path / "nothing")}
+    path = linear_checkpoint(tmp_path / "best.pt", torch.zeros(10, 784), torch.zeros(10), data=data, side=28)
+    with pytest.raises(DataError) as info:
+        sample_images(torch.load(path, weights_only=True), "ck.pt", 2)
+    assert calls == []
+    assert info.value.file == "ck.pt"
+    assert "data.download is false" in str(info.value)
+
+
+def test_sample_images_of_a_folder_decode_only_those_images(tmp_path, monkeypatch):
+    """An imagefolder checkpoint: the images come from the files (split_images decodes them), and only the few
+    asked for are decoded, whatever data.cache the run used; no normalization statistics are computed."""
+    import numpy as np
+
+    import cnnctl.data.base as base
+    import cnnctl.data.transforms as transforms
+    from tests.datafiles import write_image_folder
+
+    root = tmp_path / "folder"
+    write_image_folder(root, {"a": 6, "b": 6}, channels=1, size=(8, 8))
+    data = {"dataset": "imagefolder", "root": str(root), "channels": 1, "image_size": 8, "cache": "memory",
+            "normalize": "auto"}
+    path = linear_checkpoint(tmp_path / "best.pt", torch.zeros(2, 64), torch.zeros(2), classes=["a", "b"], data=data)
+    ckpt = torch.load(path, weights_only=True)
+    decoded = []
+    real = transforms.load_image
+
+    def counting(file, channels, size=None):
+        decoded.append(file)
+        return real(file, channels, size)
+
+    monkeypatch.setattr(transforms, "load_image", counting)
+    monkeypatch.setattr(base, "channel_stats", lambda *a, **k: pytest.fail("normalization statistics computed"))
+    images, labels, source = sample_images(ckpt, str(path), 2)
+    assert len(decoded) == 2
+    assert images.shape == (2, 1, 8, 8) and images.dtype == torch.uint8
+    from PIL import Image
+
+    for image, file in zip(images, decoded, strict=True):
+        assert np.array_equal(image[0].numpy(), np.asarray(Image.open(file).convert("L")))

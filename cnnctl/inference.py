@@ -110,6 +110,8 @@ def _split_for(cfg: Config, split: str, data_root: str | None, seed: int, cache:
     from cnnctl.data.base import load_data
 
     data_cfg = cfg.data.model_copy(update={"root": data_root}) if data_root else cfg.data
+    # The checkpoint's mean and std normalize: statistics of the training split would be computed for nothing.
+    data_cfg = data_cfg.model_copy(update={"normalize": "none"})
     if data_cfg.dataset == "imagefolder":  # one split is read once: decoding the whole folder first would not pay
         data_cfg = data_cfg.model_copy(update={"cache": "none"})
     key = json.dumps([data_cfg.model_dump(mode="json"), seed])

@@ -331,3 +331,55 @@ def test_sample_images_of_a_folder_decode_only_those_images(tmp_path, monkeypatc
 
     for image, file in zip(images, decoded, strict=True):
         assert np.array_equal(image[0].numpy(), np.asarray(Image.open(file).convert("L")))
+
+
+def folder_checkpoint(tmp_path, per_class, *, name="best.pt", classes=("a", "b")):
+    from tests.datafiles import write_image_folder
+
+    root = tmp_path / f"folder-{name}"
+    write_image_folder(root, per_class, channels=1, size=(8, 8))
+    data = {"dataset": "imagefolder", "root": str(root), "channels": 1, "image_size": 8, "cache": "memory",
+            "val_split": 0, "test_split": 0.5}
+    g = torch.Generator().manual_seed(1)
+    path = linear_checkpoint(tmp_path / name, torch.randn(len(classes), 64, generator=g), torch.zeros(len(classes)),
+                             classes=list(classes), data=data)
+    return path, root
+
+
+def test_eval_on_another_folder_reads_that_folder_and_decodes_only_its_split(tmp_path, monkeypatch):
+    import cnnctl.data.transforms as transforms
+    from tests.datafiles import write_image_folder
+
+    path, _ = folder_checkpoint(tmp_path, {"a": 4, "b": 4})
+    other = tmp_path / "other"
+    write_image_folder(other, {"a": 10, "b": 10}, channels=1, size=(8, 8), seed=7)
+    decoded = []
+    real = transforms.load_image
+    monkeypatch.setattr(transforms, "load_image", lambda f, c, s=None: decoded.append(f) or real(f, c, s))
+
+    result = evaluate_checkpoints([str(path)], data_root=str(other))
+
+    assert result["n"] == 10  # half of the other folder's 20 images, not half of the checkpoint's 8
+    assert len(decoded) == 10 and all(str(f).startswith(str(other)) for f in decoded)  # cache: none for one split
+
+
+def test_eval_on_a_folder_of_other_classes_names_both(tmp_path):
+    from tests.datafiles import write_image_folder
+
+    path, _ = folder_checkpoint(tmp_path, {"a": 4, "b": 4})
+    other = tmp_path / "other"
+    write_image_folder(other, {"a": 2, "c": 2}, channels=1, size=(8, 8))
+    with pytest.raises(DataError) as info:
+        evaluate_checkpoints([str(path)], data_root=str(other))
+    assert str(info.value) == (f"{path}: the data in {other} has 2 classes (a, c), the checkpoint was trained on 2 "
+                               "(a, b); evaluate it on data with the classes it was trained on")
+
+
+def test_a_missing_test_split_suggests_val(tmp_path):
+    data = {"dataset": "fake", "num_classes": 3, "num_samples": 30, "channels": 1, "image_size": 8, "val_split": 0.2,
+            "test_split": 0}
+    path = linear_checkpoint(tmp_path / "best.pt", torch.zeros(3, 64), torch.zeros(3), classes=["0", "1", "2"],
+                             data=data)
+    with pytest.raises(UsageError) as info:
+        evaluate_checkpoints([str(path)])
+    assert str(info.value) == "--split test: dataset fake has no test split here; try --split val"

@@ -247,7 +247,8 @@ def test_a_checkpoint_whose_config_no_longer_validates_is_named(tmp_path, member
     save_checkpoint(tmp_path / "edited.pt", ckpt)
     with pytest.raises(CnnctlError) as info:
         evaluate_checkpoints([str(tmp_path / "edited.pt")])
-    assert str(info.value).startswith(f"{tmp_path / 'edited.pt'}: its config no longer validates: ")
+    assert str(info.value).startswith(f"{tmp_path / 'edited.pt'}: its config no longer validates: "
+                                      f"{tmp_path / 'edited.pt'} (its config): ")
     assert info.value.exit_code == 2
 
 
@@ -383,3 +384,35 @@ def test_a_missing_test_split_suggests_val(tmp_path):
     with pytest.raises(UsageError) as info:
         evaluate_checkpoints([str(path)])
     assert str(info.value) == "--split test: dataset fake has no test split here; try --split val"
+
+
+def test_eval_plots_are_drawn_with_the_mistakes_images(members, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import cnnctl.plots as plots
+
+    seen = {}
+    real = plots.eval_plots
+
+    def spy(result, folder, *, mistake_images):
+        seen.update(result=result, folder=folder, images=mistake_images)
+        return real(result, folder, mistake_images=mistake_images)
+
+    monkeypatch.setattr(plots, "eval_plots", spy)
+    result = evaluate_checkpoints([str(members[1][0])], plots=tmp_path / "plots")
+    assert sorted(Path(p).name for p in result["plots"]) == ["confusion_matrix.png", "mistakes.png", "per_class.png"]
+    assert all(Path(p).is_file() and Path(p).parent == tmp_path / "plots" for p in result["plots"])
+    x, _ = digits_split("test")
+    assert seen["result"] is result and seen["folder"] == tmp_path / "plots"
+    assert torch.equal(seen["images"], x[[m["index"] for m in result["mistakes"]]])
+
+
+def test_weights_that_do_not_fit_name_the_checkpoint(members, tmp_path):
+    from cnnctl.checkpoint import save_checkpoint
+
+    ckpt = torch.load(members[0][0], weights_only=True)
+    ckpt["model"] = {k: v[:, :10] if v.ndim == 2 else v for k, v in ckpt["model"].items()}
+    save_checkpoint(tmp_path / "cut.pt", ckpt)
+    with pytest.raises(CnnctlError) as info:
+        load_model(tmp_path / "cut.pt")
+    assert str(info.value).startswith(f"{tmp_path / 'cut.pt'}: its weights do not match the network")

@@ -264,3 +264,89 @@ def test_train_loss_is_the_mean_over_the_epochs_images(tmp_path):
         vlogits = model(vx)
     assert row["val_loss"] == pytest.approx(float(nn.functional.cross_entropy(vlogits, vy)), rel=1e-5)
     assert not math.isnan(row["val_acc"])
+
+
+def test_totals_of_a_one_image_epoch():
+    state = EpochState(torch.tensor([0.75]), torch.tensor([1]), torch.tensor([1]), step=1)
+    assert state.totals() == (0.75, 1.0, 1)
+
+
+class StepWatcher(Hook):
+    """Overrides the optimizer-step events: sees the run, the state and the gradients (before) and weights (after)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def wants_unscaled_gradients(self, run, state):
+        self.seen.append(("wants", run, state.step))
+        return False
+
+    def on_before_optimizer_step(self, run, state):
+        weight = run.module[-1].weight if isinstance(run.module, nn.Sequential) else next(run.module.parameters())
+        self.seen.append(("before", run.step, state.step, weight.grad is not None))
+
+    def on_after_optimizer_step(self, run, state):
+        self.seen.append(("after", run.step, state.step))
+
+
+def test_optimizer_step_hooks_are_called_with_the_run_each_step(tmp_path):
+    watcher = StepWatcher()
+    cnnctl.train(tiny(epochs=1), out=tmp_path, hooks=[watcher])
+    steps = 36 // 8 + 1
+    events = [e for e in watcher.seen if e[0] != "wants"]
+    assert events == [e for s in range(steps) for e in (("before", s, s, True), ("after", s, s))]
+
+
+def test_step_callbacks_are_only_those_some_hook_listens_to():
+    from types import SimpleNamespace
+
+    from cnnctl.engine import Events
+
+    plain = Events(SimpleNamespace(hooks=[Hook()])).step_callbacks()
+    assert plain == {"before_optimizer_step": None, "after_optimizer_step": None, "wants_unscaled": None}
+
+    class AfterOnly(Hook):
+        def on_after_optimizer_step(self, run, state):
+            pass
+
+    after = Events(SimpleNamespace(hooks=[AfterOnly()])).step_callbacks()
+    assert after["before_optimizer_step"] is None and after["wants_unscaled"] is None
+    assert after["after_optimizer_step"] is not None
+
+    run = SimpleNamespace(hooks=[StepWatcher()])
+    events = Events(run)
+    both = events.step_callbacks()
+    assert all(v is not None for v in both.values())
+    state = EpochState.empty(2, torch.device("cpu"))
+    assert both["wants_unscaled"](state) is False
+    assert run.hooks[0].seen == [("wants", run, 0)]
+
+    class Wants(Hook):
+        def on_before_optimizer_step(self, run, state):
+            pass
+
+        def wants_unscaled_gradients(self, run, state):
+            return state.step == 1
+
+    run2 = SimpleNamespace(hooks=[StepWatcher(), Wants()])
+    state.step = 1
+    assert Events(run2).wants_unscaled(state) is True
+
+
+def test_grad_clip_reaches_the_loop(tmp_path):
+    still = cnnctl.train(tiny(epochs=1) | {"optimizer": {"name": "sgd", "lr": 1e-12}}, out=tmp_path, name="still")
+    clipped = cnnctl.train(tiny(epochs=1, grad_clip=1e-9), out=tmp_path, name="clipped")
+    free = cnnctl.train(tiny(epochs=1), out=tmp_path, name="free")
+    w = [torch.load(r.last_checkpoint, weights_only=True)["model"] for r in (still, clipped, free)]
+    key = next(k for k in w[0] if k.endswith("weight"))
+    assert torch.allclose(w[1][key], w[0][key], atol=1e-8)  # steps of at most lr * 1e-9
+    assert not torch.allclose(w[2][key], w[0][key], atol=1e-4)
+
+
+def test_the_run_precision_reaches_the_loop(tmp_path):
+    fp32 = cnnctl.train(tiny(epochs=1, precision="fp32"), out=tmp_path, name="fp32")
+    bf16 = cnnctl.train(tiny(epochs=1, precision="bf16"), out=tmp_path, name="bf16")
+    a, b = fp32.metrics[0]["train_loss"], bf16.metrics[0]["train_loss"]
+    assert math.isfinite(a) and math.isfinite(b)
+    assert a != b  # bf16 autocast rounds the matmul inputs: not the same numbers
+    assert a == pytest.approx(b, rel=0.05)

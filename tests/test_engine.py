@@ -346,7 +346,41 @@ def test_grad_clip_reaches_the_loop(tmp_path):
 def test_the_run_precision_reaches_the_loop(tmp_path):
     fp32 = cnnctl.train(tiny(epochs=1, precision="fp32"), out=tmp_path, name="fp32")
     bf16 = cnnctl.train(tiny(epochs=1, precision="bf16"), out=tmp_path, name="bf16")
-    a, b = fp32.metrics[0]["train_loss"], bf16.metrics[0]["train_loss"]
-    assert math.isfinite(a) and math.isfinite(b)
-    assert a != b  # bf16 autocast rounds the matmul inputs: not the same numbers
-    assert a == pytest.approx(b, rel=0.05)
+    for column in ("train_loss", "val_loss"):  # training and validation both run under the run's autocast
+        a, b = fp32.metrics[0][column], bf16.metrics[0][column]
+        assert math.isfinite(a) and math.isfinite(b)
+        assert a != b  # bf16 autocast rounds the matmul inputs: not the same numbers
+        assert a == pytest.approx(b, rel=0.05)
+
+
+class RowKeeper(Hook):
+    def __init__(self):
+        self.rows = []
+
+    def on_epoch_end(self, run, row):
+        self.rows.append(dict(row))
+
+
+def test_each_epochs_row_has_every_column_and_a_true_duration(tmp_path):
+    import time
+
+    keeper = RowKeeper()
+    start = time.perf_counter()
+    cnnctl.train(tiny(val_split=0, epochs=2, checkpoint={"monitor": "train_loss"}), out=tmp_path, hooks=[keeper])
+    wall = time.perf_counter() - start
+    assert [set(r) for r in keeper.rows] == [{"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                                              "epoch_seconds"}] * 2
+    assert all(r["val_loss"] is None and r["val_acc"] is None for r in keeper.rows)
+    assert all(0 < r["epoch_seconds"] < wall for r in keeper.rows)
+
+
+def test_a_loss_that_turns_nan_after_a_checkpoint_says_last_pt_is_kept(tmp_path, monkeypatch):
+    from cnnctl.errors import TrainingError
+    from tests.conftest import explode_loss_from
+
+    steps = 36 // 8 + 1
+    explode_loss_from(monkeypatch, call=steps + 2)  # epoch 2, step 2: epoch 1's last.pt exists
+    with pytest.raises(TrainingError) as info:
+        cnnctl.train(tiny(epochs=3), out=tmp_path)
+    assert "at epoch 2, step 2" in str(info.value)
+    assert "the last good checkpoint (last.pt) is kept" in str(info.value)

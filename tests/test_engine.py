@@ -126,8 +126,11 @@ def test_a_non_finite_loss_names_its_epoch_and_step_and_what_was_kept():
     assert str(info.value) == ("the training loss became inf at epoch 5, step 2; training stopped and the last good "
                                "checkpoint (last.pt) is kept. Try a lower optimizer.lr or set train.grad_clip (e.g. 1.0)")
     assert info.value.exit_code == 1
-    with pytest.raises(TrainingError, match="no checkpoint had been written yet, so there is nothing to resume"):
+    with pytest.raises(TrainingError) as info:
         state.check_finite(0, kept=False)
+    assert str(info.value) == ("the training loss became inf at epoch 1, step 2; training stopped and no checkpoint "
+                               "had been written yet, so there is nothing to resume. Try a lower optimizer.lr or set "
+                               "train.grad_clip (e.g. 1.0)")
     finite = EpochState(torch.tensor([0.5, 0.25, float("nan")]), torch.zeros(3, dtype=torch.int64),
                         torch.ones(3, dtype=torch.int64), step=2)
     assert finite.first_nonfinite() is None
@@ -384,3 +387,32 @@ def test_a_loss_that_turns_nan_after_a_checkpoint_says_last_pt_is_kept(tmp_path,
         cnnctl.train(tiny(epochs=3), out=tmp_path)
     assert "at epoch 2, step 2" in str(info.value)
     assert "the last good checkpoint (last.pt) is kept" in str(info.value)
+
+
+@pytest.mark.parametrize("grad_clip", [None, 0.05])
+def test_an_epoch_with_a_grad_scaler_is_still_sgd_by_hand(grad_clip):
+    """fp16 training's GradScaler (here on the CPU, fp32 arithmetic): the loss is scaled for backward and the
+    gradients unscaled before clipping and the step, so the weights end where plain SGD puts them; a
+    before-optimizer-step callback that asks for unscaled gradients sees the true ones."""
+    batches = batches_of()
+    model = linear()
+    expected, losses, _ = hand_epoch(model, batches, 0.5, grad_clip)
+    seen = []
+
+    def before(state):
+        seen.append(model.weight.grad.abs().max().item())
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    state = train_one_epoch(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.5), iter(batches),
+                            EpochState.empty(4, torch.device("cpu")), scaler=scaler, grad_clip=grad_clip,
+                            before_optimizer_step=before, wants_unscaled=lambda s: s.step % 2 == 0)
+    assert state.losses.tolist() == pytest.approx(losses, abs=1e-6)
+    assert torch.allclose(model.weight, expected.weight, atol=1e-5)
+    assert torch.allclose(model.bias, expected.bias, atol=1e-5)
+    # steps 0 and 2 asked for unscaled gradients (or clipping unscaled them anyway): below 10; steps 1 and 3 see
+    # them still multiplied by the scale (2 ** 12) unless clipping unscaled them first
+    assert seen[0] < 10 and seen[2] < 10
+    if grad_clip is None:
+        assert seen[1] > 100 and seen[3] > 100
+    else:
+        assert seen[1] < 10 and seen[3] < 10

@@ -402,3 +402,81 @@ def test_import_does_not_import_torch():
     code = "import sys, cnnctl.optim, cnnctl.config; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+# ---------------------------------------------------------------- edges (mutation survivors)
+
+
+def test_cosine_with_one_step_after_warmup_ends_at_min_lr():
+    got = ours("cosine", epochs=1, warmup_epochs=0.8, min_lr=0.001)  # SPE 5: 4 warmup steps, then 1
+    assert got[4] == pytest.approx(LR)  # the first step after warmup: the top of the cosine
+    assert got[5] == pytest.approx(0.001)  # one step later the plan is over: min_lr
+
+
+def test_onecycle_refuses_a_warmup_even_when_the_config_was_not_validated():
+    bad = SchedulerConfig.model_construct(**{**SchedulerConfig().model_dump(), "name": "onecycle",
+                                             "warmup_epochs": 0.5})
+    with pytest.raises(ConfigError) as info:
+        create_scheduler(sgd(0.9), bad, epochs=4, steps_per_epoch=SPE)
+    assert info.value.key == "scheduler.warmup_epochs"
+    assert str(info.value) == "scheduler.warmup_epochs: onecycle warms up by itself (pct_start); set warmup_epochs: 0"
+
+
+def test_onecycle_with_too_few_rising_steps_says_how_many():
+    with pytest.raises(ConfigError) as info:
+        create_scheduler(sgd(0.9), SchedulerConfig(name="onecycle", pct_start=0.1), epochs=2, steps_per_epoch=SPE)
+    assert info.value.key == "scheduler.pct_start"
+    assert str(info.value) == ("scheduler.pct_start: onecycle rises over pct_start x 10 steps = 1 steps; it needs more "
+                               "than 1: raise pct_start or train.epochs")
+
+
+@pytest.mark.parametrize("epochs, spe, ok", [(0, 5, False), (3, 0, False), (1, 1, True), (2, 1, True)])
+def test_a_schedule_needs_an_epoch_and_a_step(epochs, spe, ok):
+    if ok:
+        assert create_scheduler(sgd(), SchedulerConfig(name="step"), epochs=epochs, steps_per_epoch=spe).count == 0
+        return
+    with pytest.raises(UsageError) as info:
+        create_scheduler(sgd(), SchedulerConfig(name="step"), epochs=epochs, steps_per_epoch=spe)
+    assert str(info.value) == (f"a schedule needs epochs >= 1 and steps_per_epoch >= 1, got {epochs} and {spe}")
+
+
+def test_a_state_with_exactly_the_needed_keys_loads():
+    sched = create_scheduler(opt := sgd(), SchedulerConfig(name="step", step_size=1, gamma=0.5), epochs=3,
+                             steps_per_epoch=SPE)
+    drive(opt, sched, 0, SPE + 1)
+    state = {k: v for k, v in sched.state_dict().items() if k in ("name", "count", "scheduler")}
+    fresh = create_scheduler(sgd(), SchedulerConfig(name="step", step_size=1, gamma=0.5), epochs=3,
+                             steps_per_epoch=SPE)
+    fresh.load_state_dict(roundtrip(state))
+    assert fresh.count == SPE + 1
+
+
+def test_a_state_that_lacks_keys_names_them():
+    sched = create_scheduler(sgd(), SchedulerConfig(name="cosine"), epochs=2, steps_per_epoch=SPE)
+    with pytest.raises(CheckpointError) as info:
+        sched.load_state_dict({"name": "cosine", "scheduler": {}})
+    assert str(info.value) == ("the checkpoint's lr schedule state is not one this cnnctl wrote (it lacks ['count']); "
+                               "start a new run")
+
+
+def test_a_warmup_state_is_ignored_by_a_plateau_without_warmup():
+    opt, warm = plateau(warmup_epochs=2)
+    drive(opt, warm, 0, 1)
+    _, cold = plateau()
+    cold.load_state_dict(roundtrip(warm.state_dict()))
+    assert cold.count == 1 and cold.warmup_scheduler is None
+
+
+@pytest.mark.parametrize("done", [1, 3])
+def test_replanning_a_plateau_in_its_warmup_sets_the_warmup_lr(done):
+    opt, sched = plateau(warmup_epochs=2, warmup_start_factor=0.1)  # 10 warmup steps: epochs 0 and 1
+    drive(opt, sched, 0, done)
+    opt2, new = plateau(warmup_epochs=2, warmup_start_factor=0.1)
+    opt2.load_state_dict(opt.state_dict())
+    new.load_state_dict(roundtrip(sched.state_dict()), replan=True)
+    assert new.count == done
+    if done == 1:  # epoch 1 begins at step 5 of the warmup: 0.1 + 0.9 * 5 / 10
+        assert new.lr == pytest.approx(LR * 0.55)
+    else:  # past the warmup: the lr the saved optimizer holds
+        assert new.lr == pytest.approx(sched.lr)
+    assert new.warmup_scheduler.last_epoch == done

@@ -59,6 +59,7 @@ for entry in "${MODULES[@]}"; do
     echo "only_mutate="; for f in "${existing[@]}"; do echo "    $f"; done
     echo "pytest_add_cli_args_test_selection="; for a in "${args[@]}"; do echo "    $a"; done
     echo "pytest_add_cli_args="; echo "    -p"; echo "    no:cacheprovider"; echo "    -q"
+    echo "also_copy="; echo "    configs"  # the bundled configs, which config's tests read ("did you mean")
     echo "process_isolation=forkserver"  # torch is not fork-safe once threads exist
     # A mutant whose tests run past this many times their normal duration counts as a timeout (a detection). At 5
     # mutants of a message string "timed out" when their tests shared a module fixture that trains: only a real

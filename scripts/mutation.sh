@@ -23,7 +23,7 @@ MODULES=(
   "optim|cnnctl/optim.py|tests/test_optim.py tests/test_catch_mutations.py::test_plateau_gets_the_first_metric_after_warmup --deselect 'tests/test_optim.py::test_state_round_trip_continues_exactly[none]' --deselect 'tests/test_optim.py::test_replan_continues_on_the_new_plan[none-False]'"
   "config|cnnctl/config.py|tests/test_config.py tests/test_properties.py tests/test_catch_mutations.py::test_set_value_may_hold_equals_signs tests/test_catch_mutations.py::test_resume_allows_or_refuses_each_key_changed_alone tests/test_catch_mutations.py::test_resume_refuses_turning_early_stopping_on tests/test_catch_mutations.py::test_resume_refuses_turning_early_stopping_off -k 'not torch_computes'"
   "inference|cnnctl/inference.py|tests/test_inference.py tests/test_catch_mutations.py -k 'inference or ensemble or topk or top5'"
-  "data_split|cnnctl/data/base.py,cnnctl/data/splits.py|tests/test_data.py tests/test_properties.py tests/test_catch_mutations.py::test_stratified_split_gives_leftover_places_to_the_largest_remainders -k 'not torch_computes'"
+  "data_split|cnnctl/data/base.py,cnnctl/data/splits.py|tests/test_data.py tests/test_batching.py tests/test_properties.py tests/test_catch_mutations.py::test_stratified_split_gives_leftover_places_to_the_largest_remainders -k 'not torch_computes'"
   "engine|cnnctl/engine.py|tests/test_engine.py tests/test_resume.py::test_in_process_crash_mid_epoch_resumes_exactly tests/test_resume.py::test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint tests/test_run.py::test_nonfinite_loss_before_any_checkpoint_does_not_claim_one"
 )
 PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}

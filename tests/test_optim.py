@@ -480,3 +480,12 @@ def test_replanning_a_plateau_in_its_warmup_sets_the_warmup_lr(done):
     else:  # past the warmup: the lr the saved optimizer holds
         assert new.lr == pytest.approx(sched.lr)
     assert new.warmup_scheduler.last_epoch == done
+
+
+def test_decay_bias_and_norm_puts_every_parameter_under_weight_decay():
+    model = tiny()
+    both = create_optimizer(model, OptimizerConfig(name="sgd", lr=0.1, weight_decay=0.01, decay_bias_and_norm=True))
+    assert [g["weight_decay"] for g in both.param_groups] == [0.01]
+    assert len(both.param_groups[0]["params"]) == len(list(model.parameters()))
+    split = create_optimizer(model, OptimizerConfig(name="sgd", lr=0.1, weight_decay=0.01))
+    assert [g["weight_decay"] for g in split.param_groups] == [0.01, 0.0]

@@ -487,5 +487,5 @@ def test_decay_bias_and_norm_puts_every_parameter_under_weight_decay():
     both = create_optimizer(model, OptimizerConfig(name="sgd", lr=0.1, weight_decay=0.01, decay_bias_and_norm=True))
     assert [g["weight_decay"] for g in both.param_groups] == [0.01]
     assert len(both.param_groups[0]["params"]) == len(list(model.parameters()))
-    split = create_optimizer(model, OptimizerConfig(name="sgd", lr=0.1, weight_decay=0.01))
+    split = create_optimizer(model, OptimizerConfig(name="sgd", lr=0.1, weight_decay=0.01, decay_bias_and_norm=False))
     assert [g["weight_decay"] for g in split.param_groups] == [0.01, 0.0]

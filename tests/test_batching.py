@@ -127,3 +127,104 @@ def test_a_file_loader_with_its_defaults_yields_every_image(tmp_path):
     assert len(loader.sampler) == 1
     loader.sampler.start = 5
     assert len(loader.sampler) == 0
+
+
+def stats_of(pixels: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population std of uint8 [N, C, H, W] in [0, 1] units, in float64."""
+    x = pixels.double().div(255).transpose(0, 1).reshape(pixels.shape[1], -1)
+    return x.mean(1).tolist(), x.std(1, unbiased=False).tolist()
+
+
+def test_auto_normalization_of_a_large_in_memory_split_counts_every_chunk():
+    from cnnctl.config import DataConfig
+    from cnnctl.data.base import DataBundle, _normalization
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 200, (5000, 2, 2, 2), generator=g, dtype=torch.uint8)  # more than one 4096 chunk
+    images[4500:] = 250  # the last chunk differs: a sum that kept only one chunk would not match
+    bundle = DataBundle("x", ["a"], 2, (2, 2), [0, 0], [1, 1], TensorSplit(images, torch.zeros(5000)), None, None)
+    mean, std = _normalization(DataConfig(dataset="fake", normalize="auto"), bundle)
+    want_mean, want_std = stats_of(images)
+    assert mean == pytest.approx(want_mean, abs=1e-12) and std == pytest.approx(want_std, abs=1e-12)
+
+
+def test_auto_normalization_of_image_files_reads_every_batch(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+
+    from cnnctl.config import DataConfig
+    from cnnctl.data.base import DataBundle, _normalization
+    from tests.datafiles import write_png
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 200, (3, 3, 3), dtype=np.uint8) for _ in range(300)]  # two batches of 256; no 255
+    files = [write_png(tmp_path / "a" / f"{i}.png", a) for i, a in enumerate(arrays)]
+    split = FileSplit(files, [0] * 300, 3, (3, 3))
+    bundle = DataBundle("imagefolder", ["a"], 3, (3, 3), [0] * 3, [1] * 3, split, None, None)
+    with caplog.at_level(logging.INFO, logger="cnnctl"):
+        mean, std = _normalization(DataConfig(dataset="imagefolder", root=str(tmp_path), workers=0), bundle)
+    want_mean, want_std = stats_of(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+    assert mean == pytest.approx(want_mean, abs=1e-12) and std == pytest.approx(want_std, abs=1e-12)
+    assert "normalize: auto: computing the mean and std of 300 training images" in caplog.messages
+
+
+def test_the_affine_is_computed_in_float64():
+    from cnnctl.data.base import _affine
+
+    mean, std = [0.1307, 0.4914, 0.3], [0.3081, 0.2470, 0.7]
+    scale, shift = _affine(mean, std, CPU)
+    m64, s64 = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    assert torch.equal(scale.flatten(), (1 / (255 * s64)).float())
+    assert torch.equal(shift.flatten(), (-m64 / s64).float())
+    assert scale.shape == shift.shape == (1, 3, 1, 1)
+
+
+def test_the_train_order_comes_from_the_loaders_seed():
+    labels = torch.arange(40)
+    split = TensorSplit(torch.zeros(40, 1, 2, 2, dtype=torch.uint8), labels)
+    loader = make_loader(split, batch_size=40, train=True, device=CPU, mean=[0], std=[1], augment=None, seed=5)
+    [(_, y)] = list(loader.batches(2))
+    assert torch.equal(y, BatchPlan(40, 40, True, 5).permutation(2))
+
+
+def test_a_crop_alone_or_a_flip_alone_is_applied():
+    from cnnctl.config import Augment
+
+    g = torch.Generator().manual_seed(0)
+    split = TensorSplit(torch.randint(0, 255, (16, 1, 6, 6), generator=g, dtype=torch.uint8), torch.arange(16))
+    plain = list(make_loader(split, batch_size=16, train=True, device=CPU, mean=[0], std=[1], augment=None,
+                             seed=1).batches(0))[0][0]
+    for augment in (Augment(crop_padding=2), Augment(hflip=True)):
+        got = list(make_loader(split, batch_size=16, train=True, device=CPU, mean=[0], std=[1], augment=augment,
+                               seed=1).batches(0))[0][0]
+        assert not torch.equal(got, plain)
+    channels_last = list(make_loader(split, batch_size=16, train=True, device=CPU, mean=[0], std=[1], augment=None,
+                                     seed=1, channels_last=True).batches(0))[0][0]
+    assert torch.equal(channels_last, plain)
+
+
+def test_a_channels_last_loader_gives_channels_last_batches():
+    split = TensorSplit(torch.zeros(4, 3, 5, 5, dtype=torch.uint8), torch.arange(4))
+    [(x, _)] = list(make_loader(split, batch_size=4, train=False, device=CPU, mean=[0] * 3, std=[1] * 3,
+                                augment=None, seed=0, channels_last=True).batches(0))
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def test_file_splits_keep_their_channels_size_and_int64_labels(tmp_path):
+    from cnnctl.data.base import labels_of, split_off, take
+    from cnnctl.data.splits import _FileDataset
+
+    split = FileSplit([tmp_path / f"{i}.png" for i in range(10)], [i % 2 for i in range(10)], 1, (7, 9))
+    labels = labels_of(split)
+    assert labels.dtype == torch.int64 and labels.tolist() == split.labels
+    part = take(split, torch.tensor([3, 1]))
+    assert (part.files, part.labels, part.channels, part.size) == ([split.files[3], split.files[1]], [1, 1], 1, (7, 9))
+    tensors = TensorSplit(torch.zeros(2, 1, 1, 1, dtype=torch.uint8), torch.tensor([1, 0]))
+    assert labels_of(tensors) is tensors.labels
+    kept, held = split_off(split, 0.1, 0)  # one image held out: still a split
+    assert held is not None and len(held) == 1 and len(kept) == 9
+    assert split_off(split, 0.0, 0) == (split, None)
+    with pytest.raises(ValueError) as info:
+        _FileDataset(FileSplit(split.files, split.labels, 1, None))
+    assert str(info.value) == "FileSplit.size must be set before loading batches"

@@ -80,8 +80,11 @@ def test_checkpoints_are_run_dirs_and_pt_files(folder):
     assert checkpoints("runs/b/l") == ["runs/b/last.pt"]
 
 
-def _cnnctl_in_process(env: dict[str, str], *args: str) -> list[str]:
-    """Run cnnctl's real entry point (main) in a fresh interpreter; the last line says whether torch was imported."""
+def _cnnctl_in_process(env: dict[str, str], *args: str, under_bash: bool = False) -> list[str]:
+    """Run cnnctl's real entry point (main) in a fresh interpreter; the last line says whether torch was imported.
+
+    ``under_bash``: as a child of bash (typer finds the shell for --show-completion among the process's parents,
+    which a test runner started by a service, or re-parented to init, does not have)."""
     code = textwrap.dedent(f"""
         import sys
         sys.argv = ["cnnctl", *{list(args)!r}]
@@ -92,8 +95,10 @@ def _cnnctl_in_process(env: dict[str, str], *args: str) -> list[str]:
             pass
         print("torch imported" if "torch" in sys.modules else "torch not imported")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    command = [sys.executable, "-c", code]
+    if under_bash:  # "; exit" keeps bash from exec-ing the interpreter in its own place
+        command = ["bash", "-c", '"$0" -c "$1"; exit $?', *command[:1], code]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 
@@ -119,5 +124,5 @@ def test_help_through_the_entry_point_is_torch_free_and_offers_completion():
 
 
 def test_show_completion_prints_a_script():
-    lines = _cnnctl_in_process({}, "--show-completion", "bash")
+    lines = _cnnctl_in_process({}, "--show-completion", under_bash=True)
     assert any("_CNNCTL_COMPLETE=complete_bash" in line for line in lines)

@@ -21,7 +21,7 @@ MODULES=(
   "checkpoint|cnnctl/checkpoint.py|tests/test_checkpoint.py tests/test_catch_mutations.py::test_atomic_write_failure_at_every_stage_keeps_the_previous_checkpoint tests/test_catch_mutations.py::test_atomic_write_success_replaces_the_whole_file"
   # mutmut's trampolines make Plan.warmup unpicklable: the two tests that torch.save a "none" schedule cannot run
   "optim|cnnctl/optim.py|tests/test_optim.py tests/test_catch_mutations.py::test_plateau_gets_the_first_metric_after_warmup --deselect 'tests/test_optim.py::test_state_round_trip_continues_exactly[none]' --deselect 'tests/test_optim.py::test_replan_continues_on_the_new_plan[none-False]'"
-  "config|cnnctl/config.py|tests/test_config.py tests/test_properties.py tests/test_catch_mutations.py::test_set_value_may_hold_equals_signs tests/test_catch_mutations.py::test_resume_allows_or_refuses_each_key_changed_alone tests/test_catch_mutations.py::test_resume_refuses_turning_early_stopping_on tests/test_catch_mutations.py::test_resume_refuses_turning_early_stopping_off -k 'not torch_computes'"
+  "config|cnnctl/config.py|tests/test_config.py tests/test_properties.py tests/test_catch_mutations.py::test_set_value_may_hold_equals_signs tests/test_catch_mutations.py::test_resume_allows_or_refuses_each_key_changed_alone tests/test_catch_mutations.py::test_resume_refuses_turning_early_stopping_on tests/test_catch_mutations.py::test_resume_refuses_turning_early_stopping_off tests/test_hostile_config.py tests/test_config_edges.py -k 'not torch_computes and not spaced_stem and not bad_run_name_in_config'"
   "inference|cnnctl/inference.py|tests/test_inference.py tests/test_catch_mutations.py -k 'inference or ensemble or topk or top5'"
   "data_split|cnnctl/data/base.py,cnnctl/data/splits.py|tests/test_data.py tests/test_batching.py tests/test_properties.py tests/test_catch_mutations.py::test_stratified_split_gives_leftover_places_to_the_largest_remainders -k 'not torch_computes'"
   "engine|cnnctl/engine.py|tests/test_engine.py tests/test_resume.py::test_in_process_crash_mid_epoch_resumes_exactly tests/test_resume.py::test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint tests/test_run.py::test_nonfinite_loss_before_any_checkpoint_does_not_claim_one"
@@ -59,7 +59,9 @@ for entry in "${MODULES[@]}"; do
     echo "only_mutate="; for f in "${existing[@]}"; do echo "    $f"; done
     echo "pytest_add_cli_args_test_selection="; for a in "${args[@]}"; do echo "    $a"; done
     echo "pytest_add_cli_args="; echo "    -p"; echo "    no:cacheprovider"; echo "    -q"
-    echo "also_copy="; echo "    configs"  # the bundled configs, which config's tests read ("did you mean")
+    # the bundled configs, which config's tests read ("did you mean"), and pyproject.toml, by which config.bundled_dir
+    # tells a source checkout
+    echo "also_copy="; echo "    configs"; echo "    pyproject.toml"
     echo "process_isolation=forkserver"  # torch is not fork-safe once threads exist
     # A mutant whose tests run past this many times their normal duration counts as a timeout (a detection). At 5
     # mutants of a message string "timed out" when their tests shared a module fixture that trains: only a real

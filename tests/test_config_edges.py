@@ -118,3 +118,61 @@ def test_a_wheel_keeps_its_configs_inside_the_package(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
     assert bundled_dir() == tmp_path / "configs"
     assert bundled_dir("spaces") == tmp_path / "configs" / "spaces"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: {b: 1, b: 2}\n", "line 1, column 11: key 'a.b' is given twice (line 1, column 5 and line 1, column 11); the "
+                          "second would silently replace the first: keep one"),
+    ("model:\n  layers:\n    - conv: {out: 3}\n    - {x: 1, x: 2}\n",
+     "line 4, column 14: key 'model.layers[1].x' is given twice (line 4, column 8 and line 4, column 14); the second "
+     "would silently replace the first: keep one"),
+    ("a: !!python/object:os.system x\n",
+     "line 1, column 4: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object:os.system' "
+     "(cnnctl loads YAML safely: tags such as !!python/object are refused; use plain values)"),
+])
+def test_duplicate_keys_and_tags_are_placed_exactly(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert str(refused(lambda: read_yaml(path))) == f"{path}: {message}"
+
+
+def test_a_merge_key_may_be_overridden(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &b {x: 1}\nc:\n  <<: *b\n  x: 2\n")
+    assert read_yaml(path) == {"base": {"x": 1}, "c": {"x": 2}}
+
+
+def test_run_names_and_devices_are_checked_with_their_source():
+    from cnnctl.config import check_device, check_run_name
+
+    assert check_run_name("ok-name", "--name") == "ok-name"
+    error = refused(lambda: check_run_name("../up", "--name"))
+    assert error.file == "--name"
+    assert str(error).startswith("--name: run name '../up' holds a path separator; a run name is one folder name")
+    assert check_device("cuda:0", "--device") == "cuda:0"
+    error = refused(lambda: check_device("gpu", "--device"))
+    assert str(error) == "--device: device 'gpu' is not one of auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps"
+    assert error.file == "--device"
+
+
+def test_long_values_are_cut_after_80_characters():
+    from cnnctl.config import _cut
+
+    assert _cut("x" * 80) == "x" * 80
+    assert _cut("x" * 81) == "x" * 80 + "... (81 characters)"
+
+
+def test_the_bundled_spaces_are_listed_by_name():
+    from cnnctl.config import bundled_spaces
+
+    spaces = bundled_spaces()
+    assert "lenet5-digits" in spaces and spaces["lenet5-digits"] == bundled_dir("spaces") / "lenet5-digits.yaml"
+    assert list(spaces) == sorted(spaces)
+
+
+def test_a_config_is_written_in_its_schemas_order():
+    from cnnctl.config import Config
+
+    text = Config.model_validate({"data": {"dataset": "digits"}, "model": {"arch": "lenet5"}}).to_yaml()
+    assert [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")] == [
+        "name", "seed", "data", "model", "optimizer", "scheduler", "train", "out"]

@@ -39,3 +39,19 @@ def test_no_top5_below_five_classes_and_unpredicted_class():
     r = acc.result(["a", "b", "c"])
     assert r["top5"] is None
     assert r["per_class"][2] == {"class": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+
+
+def test_the_result_is_json_with_integer_counts():
+    """eval --json prints this: counts stay integers (a float confusion matrix printed 3.0), rates are floats."""
+    import json
+
+    acc = EvalAccumulator(3, torch.device("cpu"), flush_rows=4)
+    logits = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0], [3.0, 0, 0], [0, 3.0, 0]])
+    acc.update(logits, torch.tensor([0, 1, 2, 1, 1]))
+    result = json.loads(json.dumps(acc.result(["a", "b", "c"])))
+    assert result["confusion_matrix"] == [[1, 0, 0], [1, 2, 0], [0, 0, 1]]
+    assert all(type(v) is int for row in result["confusion_matrix"] for v in row)
+    assert type(result["n"]) is int and result["n"] == 5
+    assert all(type(c["support"]) is int for c in result["per_class"])
+    assert [c["support"] for c in result["per_class"]] == [1, 3, 1]
+    assert result["accuracy"] == 0.8 and result["top5"] is None

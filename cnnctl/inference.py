@@ -59,10 +59,7 @@ def sample_images(ckpt: dict[str, Any], source: str, n: int, *,
     channels, size = int(spec["channels"]), (int(spec["size"][0]), int(spec["size"][1]))
     cfg = checkpoint_config(ckpt, source)
     try:
-        quiet = {"download": False, "normalize": "none"}
-        if cfg.data.dataset == "imagefolder":  # a few images: never decode the whole folder for them
-            quiet["cache"] = "none"
-        bundle = load_data(cfg.data.model_copy(update=quiet), cfg.seed)
+        bundle = load_data(_reading(cfg.data, download=False), cfg.seed)
     except CnnctlError as e:
         raise DataError(f"the checkpoint's dataset {cfg.data.dataset!r} cannot be loaded here (nothing is "
                         f"downloaded for this): {e}", file=source) from None
@@ -106,14 +103,20 @@ def check_classes(trained: Any, data: Any, source: str, data_root: str) -> None:
                         "on", file=source)
 
 
+def _reading(data: Any, **update: Any) -> Any:
+    """``data`` (a DataConfig) as a checkpoint's images are read for eval or a few samples: the checkpoint's mean and
+    std normalize (no statistics of the training split), and an image folder is not decoded whole first (a split,
+    or a few images, are read once)."""
+    update = {"normalize": "none", **update}
+    if data.dataset == "imagefolder":
+        update["cache"] = "none"
+    return data.model_copy(update=update)
+
+
 def _split_for(cfg: Config, split: str, data_root: str | None, seed: int, cache: dict[str, Any]) -> tuple[Any, Any]:
     from cnnctl.data.base import load_data
 
-    data_cfg = cfg.data.model_copy(update={"root": data_root}) if data_root else cfg.data
-    # The checkpoint's mean and std normalize: statistics of the training split would be computed for nothing.
-    data_cfg = data_cfg.model_copy(update={"normalize": "none"})
-    if data_cfg.dataset == "imagefolder":  # one split is read once: decoding the whole folder first would not pay
-        data_cfg = data_cfg.model_copy(update={"cache": "none"})
+    data_cfg = _reading(cfg.data, **({"root": data_root} if data_root else {}))
     key = json.dumps([data_cfg.model_dump(mode="json"), seed])
     if key not in cache:
         cache[key] = load_data(data_cfg, seed)

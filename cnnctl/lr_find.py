@@ -13,8 +13,8 @@ or the loss is not finite. Two readings of the curve:
 The printed suggestion is ``SUGGESTION_RULE``, measured on lenet5-digits (Adam, config lr 0.002): over eight seeds
 (``scripts/check_lr_find.py``) min/10 gave 0.0027-0.0051 and a mean test accuracy of 97.3% against 97.2% with the
 bundled lr; steepest gave 0.024, which reached 88.9% (one seed); fastai's newer "valley" reading gave 0.0011-0.0017
-and 95.3-95.8% (three seeds, bundled lr 97.2-98.1% on them). On a short test the smoothed curve's steepest point sits late (the average lags the loss)
-and near the cliff, where a whole run at that lr is unstable.
+and 95.3-95.8% (three seeds, bundled lr 97.2-98.1% on them). On a short test the smoothed curve's steepest point
+sits late (the average lags the loss) and near the cliff, where a whole run at that lr is unstable.
 
 Momentum and Adam's moments carry gradients of earlier, smaller lrs into each step (SGD's velocity remembers about
 1/(1 - momentum) steps, 10 at 0.9), so the loss answers an lr a few steps late: with 200 steps over 8 decades

@@ -97,7 +97,7 @@ def _cnnctl_in_process(env: dict[str, str], *args: str, under_bash: bool = False
     """)
     command = [sys.executable, "-c", code]
     if under_bash:  # "; exit" keeps bash from exec-ing the interpreter in its own place
-        command = ["bash", "-c", '"$0" -c "$1"; exit $?', *command[:1], code]
+        command = ["bash", "-c", '"$0" -c "$1"; exit $?', sys.executable, code]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()

@@ -169,13 +169,14 @@ def predict_files(inputs: list[str], classes: list[str], *, spec: dict[str, Any]
     steps = preprocessing(spec) if explain else ""
     results: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], torch.Tensor]] = []
-    running: list[tuple[list[dict[str, Any]], Future]] = []  # at most one batch in the network
+    running: tuple[list[dict[str, Any]], Future] | None = None  # the batch in the network, and its entries
 
     def collect() -> None:
         """Fill in the entries of the batch the network is running (waits for it)."""
-        if not running:
+        nonlocal running
+        if running is None:
             return
-        entries, future = running.pop()
+        (entries, future), running = running, None
         logits = future.result()
         top = logits.softmax(1).topk(k, dim=1)
         for entry, z, p, i in zip(entries, logits, top.values.tolist(), top.indices.tolist(), strict=True):
@@ -190,13 +191,14 @@ def predict_files(inputs: list[str], classes: list[str], *, spec: dict[str, Any]
                 entry["explain"] = {"preprocessing": steps, **explain_logits(z, classes, truth)}
 
     def submit(pool: ThreadPoolExecutor) -> None:
+        nonlocal running
         if not pending:
             return
         batch = torch.stack([t for _, t in pending])
         entries = [entry for entry, _ in pending]
         pending.clear()
         collect()  # the batch before this one
-        running.append((entries, pool.submit(logits_of, batch)))
+        running = (entries, pool.submit(logits_of, batch))
 
     channels, size = int(spec["channels"]), (int(spec["size"][0]), int(spec["size"][1]))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnctl-predict") as pool:

@@ -475,8 +475,12 @@ def _load_limited(text: str) -> Any:
         loader.dispose()
 
 
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """A YAML error as 'line L, column C: problem'."""
+def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
+    """A YAML error in ``text`` as 'line L, column C: problem'."""
+    if isinstance(e, yaml.reader.ReaderError) and isinstance(e.character, int):  # a character YAML never allows
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - text.rfind("\n", 0, e.position)
+        return f"line {line}, column {column}: a control character (#x{e.character:04x}) that YAML does not allow; remove it"
     if isinstance(e, yaml.MarkedYAMLError):
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -500,10 +504,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
                           "is this the right file?", file=str(path))
     try:
         data = _load_limited(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(_yaml_problem(e), file=str(path)) from None
-    except RecursionError:
-        raise ConfigError("YAML nested too deeply to be a config", file=str(path)) from None
+    except yaml.YAMLError as e:  # nesting too deep among them: refused at MAX_YAML_DEPTH, far from Python's limit
+        raise ConfigError(_yaml_problem(e, text), file=str(path)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -536,9 +538,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except yaml.YAMLError as e:
         syntax = isinstance(e, (yaml.scanner.ScannerError, yaml.parser.ParserError))
         what, hint = ("is not valid YAML", "; quote a string that holds ':', '#', '[' or '{'") if syntax else ("is refused", "")
-        raise ConfigError(f"{shown}: the value {what} ({_yaml_problem(e)}){hint}") from None
-    except RecursionError:
-        raise ConfigError(f"{shown}: the value is nested too deeply") from None
+        raise ConfigError(f"{shown}: the value {what} ({_yaml_problem(e, raw)}){hint}") from None
     return keys, value
 
 
@@ -565,11 +565,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model class that holds the key at ``loc`` (for 'did you mean' on unknown keys)."""
-    model: Any = Config
+    model: type[BaseModel] | None = Config
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        field = model.model_fields.get(part)
         if field is None:
             return None
         annotation = field.annotation
@@ -591,10 +591,19 @@ def _override_origin(dotted: str, source: str, overrides: dict[str, str]) -> str
     for key, item in overrides.items():
         if dotted == key or dotted.startswith((key + ".", key + "[")):
             return shown(item)
-    below = [item for key, item in overrides.items() if not dotted or key.startswith((dotted + ".", dotted + "["))]
+    below = [item for key, item in overrides.items() if not dotted or key.startswith(dotted + ".")]  # keys hold no [i]
     if below:  # a check over a whole section that an override changed: both had a hand in it
         return f"{source} with {shown(below[-1])}"
     return source
+
+
+def _key_path(error: Any) -> tuple[Any, ...]:
+    """A pydantic error's path of keys and list positions, without pydantic's tags of union members
+    (``literal['auto','none']``, ``function-after[...]``); an unknown key, the last part, is the user's own text and
+    kept whatever it holds."""
+    loc = tuple(error["loc"])
+    own = loc[-1:] if error["type"] == "extra_forbidden" else ()
+    return tuple(p for p in loc[:len(loc) - len(own)] if not (isinstance(p, str) and "[" in p)) + own
 
 
 def format_validation_error(error: ValidationError, source: str, overrides: list[str]) -> str:
@@ -604,7 +613,7 @@ def format_validation_error(error: ValidationError, source: str, overrides: list
     override_keys = {".".join(parse_override(o)[0]): o for o in overrides}
     lines = []
     for err in error.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"literal", "function-after"})))
+        loc = _key_path(err)
         parts = [f"[{p}]" if isinstance(p, int) else _cut(str(p), 40) for p in loc]
         dotted = ".".join(parts).replace(".[", "[")
         origin = _override_origin(dotted, source, override_keys)
@@ -616,7 +625,7 @@ def format_validation_error(error: ValidationError, source: str, overrides: list
             msg = "unknown key" + (f"; did you mean {hint!r}?" if hint else ".") + (f" Valid keys: {', '.join(valid)}" if valid else "")
         elif err["type"] == "missing":
             msg = "required key is missing"
-        elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
+        elif "input" in err and err["type"] != "value_error":  # cnnctl's own messages show the value where it helps
             msg += f" (got {short_repr(err['input'])})"
         if len(msg) > MAX_MESSAGE:
             msg = msg[:MAX_MESSAGE] + f"... ({len(msg):,} characters)"
@@ -740,7 +749,7 @@ def _check_resume(saved: Config, new: Config) -> None:
     """Refuse a resume whose config differs from the saved one in a key that changes what the run means."""
     before, after = flatten_keys(saved.dump()), flatten_keys(new.dump())
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    refused = [k for k in changed if not any(k == a or k.startswith(a + ".") for a in RESUME_ALLOWED)]
+    refused = [k for k in changed if k not in RESUME_ALLOWED]  # each allowed key is a value, not a section
     if refused:
         detail = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in refused)
         raise ConfigError(f"--resume: changing {detail} would make this a different run; resume with the config it "

@@ -569,6 +569,26 @@ def test_resume_allows_or_refuses_each_key_changed_alone(cli, finished_runs, key
         assert key in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(("key", "value"), resume_cases())
+def test_resolve_run_applies_the_resume_policy_to_each_key_changed_alone(tmp_path, key, value):
+    """The policy above where it is decided, on a checkpoint's config with no run trained (what mutation testing runs)."""
+    from cnnctl.config import RESUME_ALLOWED, resolve_run
+
+    saved = resolve_run({**load_yaml_text(BASE), "name": "with"}).config.dump()
+    sets = alternative(key, value)
+    resume = dict(resume_from=tmp_path / "last.pt", checkpoint={"config": saved})
+    if key in RESUME_ALLOWED:
+        resumed = resolve_run(None, overrides=sets, **resume).config.dump()
+        assert flat_keys(resumed)[key] != value
+        assert {k for k, v in flat_keys(resumed).items() if flat_keys(saved).get(k) != v} == {key}
+    else:
+        with pytest.raises(CnnctlError) as info:
+            resolve_run(None, overrides=sets, **resume)
+        assert info.value.exit_code == 2
+        assert str(info.value).startswith("--resume: changing ") and "would make this a different run" in str(info.value)
+        assert f"{key} ({flat_keys(saved).get(key)!r} -> " in str(info.value)
+
+
 @pytest.mark.parametrize("sets", [["train.early_stopping.patience=3"], ["train.early_stopping={monitor: val_acc}"]],
                          ids=["patience", "section"])
 def test_resume_refuses_turning_early_stopping_on(cli, finished_runs, sets):

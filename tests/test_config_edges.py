@@ -176,3 +176,215 @@ def test_a_config_is_written_in_its_schemas_order():
     text = Config.model_validate({"data": {"dataset": "digits"}, "model": {"arch": "lenet5"}}).to_yaml()
     assert [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")] == [
         "name", "seed", "data", "model", "optimizer", "scheduler", "train", "out"]
+
+
+def test_an_installed_package_never_takes_the_configs_beside_it(tmp_path, monkeypatch):
+    # site-packages/cnnctl without its configs, and someone else's site-packages/configs: not a checkout (no
+    # pyproject.toml there), so the bundled folder is the package's own (missing), never the stranger's
+    import importlib.resources
+
+    import cnnctl.config
+
+    site = tmp_path / "site-packages"
+    (site / "cnnctl").mkdir(parents=True)
+    (site / "configs").mkdir()
+    (site / "configs" / "theirs.yaml").write_text("a: 1\n")
+    monkeypatch.setattr(importlib.resources, "files", lambda package: site / "cnnctl")
+    monkeypatch.setattr(cnnctl.config, "__file__", str(site / "cnnctl" / "config.py"))
+    assert bundled_dir() == site / "cnnctl" / "configs"
+    (site / "pyproject.toml").write_text("[project]\nname = 'cnnctl'\n")  # a source checkout: its top-level configs/
+    assert bundled_dir() == site / "configs"
+
+
+def test_a_config_that_is_neither_a_file_nor_a_bundled_name(tmp_path):
+    from cnnctl.config import resolve_config_path
+
+    error = refused(lambda: resolve_config_path(tmp_path))
+    assert error.file == str(tmp_path)
+    assert str(error) == f"{tmp_path}: is a directory, not a config file; give a .yaml file or a bundled config name"
+    error = refused(lambda: resolve_config_path("lenet5-digit"))
+    assert error.file == "lenet5-digit"
+    assert str(error) == ("lenet5-digit: no such file, nor a bundled config of that name; did you mean "
+                          "'lenet5-digits'? (`cnnctl configs` lists the bundled ones)")
+
+
+def _alias_bomb(where: str) -> str:
+    """Four levels of ten aliases each, and ``where`` holding ten of the last: 111,111 values once expanded."""
+    text = "l0: &l0 [" + ", ".join(["1"] * 10) + "]\n"
+    for level in range(1, 4):
+        text += f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 10) + "]\n"
+    return text + where.replace("BOMB", "[" + ", ".join(["*l3"] * 10) + "]") + "\n"
+
+
+@pytest.mark.parametrize("where, place, path", [
+    ("x:\n  y: BOMB", "line 6, column 6", "x.y"),
+    ("x:\n  - 0\n  - BOMB", "line 7, column 5", "x[1]"),
+    ("x: {y: [0, {z: BOMB}]}", "line 5, column 16", "x.y[1].z"),
+])
+def test_an_expanded_alias_names_the_key_that_holds_it(tmp_path, where, place, path):
+    file = tmp_path / "c.yaml"
+    file.write_text(_alias_bomb(where))
+    assert str(refused(lambda: read_yaml(file))) == (
+        f"{file}: {place}: this value ({path}) holds 111,111 values once its aliases (*name) are expanded, more than a "
+        "config may hold (100,000 values, 4,194,304 characters); write the values out instead of nesting aliases")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("? [a, b]\n: 1\n", "line 1, column 3: found unhashable key"),  # a list as a key: refused, not a crash
+    ("a: !x!y 1\n", "line 1, column 4: found undefined tag handle '!x!'"),  # a tag, but not a constructor's refusal
+    ("a: 1\nb: \x01\n", "line 2, column 4: a control character (#x0001) that YAML does not allow; remove it"),
+    ("a: \x7f\n", "line 1, column 4: a control character (#x007f) that YAML does not allow; remove it"),
+])
+def test_more_yaml_problems_read_well(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert str(refused(lambda: read_yaml(path))) == f"{path}: {message}"
+
+
+def test_several_merge_keys_in_one_mapping_all_merge(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("a: &a {x: 1}\nb: &b {y: 2}\nc:\n  <<: *a\n  <<: *b\n  z: 3\n")
+    assert read_yaml(path) == {"a": {"x": 1}, "b": {"y": 2}, "c": {"x": 1, "y": 2, "z": 3}}
+
+
+def test_a_yaml_error_without_a_place_or_a_problem_still_reads_well():
+    # PyYAML's own errors always carry both; these are the fallbacks for any other YAMLError
+    import yaml
+
+    from cnnctl.config import _yaml_problem
+
+    assert _yaml_problem(yaml.MarkedYAMLError(problem="bad thing"), "") == "bad thing"
+    assert _yaml_problem(yaml.MarkedYAMLError(context="while reading"), "") == "while reading"
+    assert _yaml_problem(yaml.MarkedYAMLError(), "") == "invalid YAML"
+    assert _yaml_problem(yaml.YAMLError("x" * 300), "") == f"invalid YAML: {'x' * 200!r}... (300 characters)"
+    assert _yaml_problem(yaml.YAMLError("short"), "") == "invalid YAML: 'short'"
+
+
+@pytest.mark.parametrize("model, message", [
+    # an unknown key inside a residual branch, and one at a list item: the valid keys of the right layer kind
+    ({"arch": "custom", "layers": [{"residual": [{"conv": {"out": 8, "kernel": 3, "x": 1}}, {"convv": 1}]}, "flatten",
+                                   "linear"]},
+     "model.layers[0].residual[0].conv.x: unknown key. Valid keys: out, kernel, stride, padding, bias\n"
+     "{path}: model.layers[0].residual[1].convv: unknown key; did you mean 'conv'? Valid keys: conv, batchnorm, relu, "
+     "leaky_relu, tanh, sigmoid, gelu, identity, maxpool, avgpool, sumpool, adaptive_avgpool, dropout, flatten, linear, "
+     "residual"),
+    ({"arch": "custom", "layers": [{"conv": {"kernel": 3}}, "flatten", "linear"]},
+     "model.layers[0].conv.out: required key is missing"),
+    ({"arch": "lenet5", "x" * 41: 1},
+     "model.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... (41 characters): unknown key. Valid keys: arch, stem, "
+     "dropout, activation, pool, zero_init_residual, layers"),
+])
+def test_model_errors_name_the_layer_and_its_keys(tmp_path, model, message):
+    import yaml
+
+    path = config_file(tmp_path, yaml.safe_dump({"data": {"dataset": "digits"}, "model": model}))
+    assert str(refused(lambda: load_config(path))) == f"{path}: " + message.replace("{path}", str(path))
+
+
+@pytest.mark.parametrize("normalize, message", [
+    # a union (auto | none | a mapping): pydantic's member tags never show in the key path
+    ("{mean: [1], std: [1], x: 2}", "data.normalize: Input should be 'auto' or 'none' (got {'mean': [1], 'std': [1], "
+                                    "'x': 2})\n{path}: data.normalize.x: unknown key. Valid keys: mean, std"),
+    ("x", "data.normalize: Input should be 'auto' or 'none' (got 'x')\n{path}: data.normalize: Input should be a "
+          "valid dictionary or instance of Normalize (got 'x')"),
+])
+def test_a_union_key_reads_as_one_path(tmp_path, normalize, message):
+    path = config_file(tmp_path, f"data: {{dataset: digits, normalize: {normalize}}}\nmodel: {{arch: lenet5}}\n")
+    assert str(refused(lambda: load_config(path))) == f"{path}: " + message.replace("{path}", str(path))
+
+
+def test_a_message_that_echoes_a_huge_value_is_cut_at_1000_characters(tmp_path):
+    import yaml
+
+    def message(argument: str) -> str:
+        model = {"arch": "custom", "layers": [{"relu": argument}, "flatten", "linear"]}
+        path = config_file(tmp_path, yaml.safe_dump({"data": {"dataset": "digits"}, "model": model}, width=10**6))
+        return str(refused(lambda: load_config(path))).removeprefix(f"{path}: model.layers[0].relu: ")
+
+    said = "takes no arguments; write the kind's name alone, not "
+    fits = "x" * (1000 - len(said) - 2)  # its repr's quotes make the message exactly 1000 characters
+    assert message(fits) == f"{said}{fits!r}"
+    assert message(fits + "y") == f"{said}{fits!r}"[:-1] + "y... (1,001 characters)"
+    assert message("x" * 5000) == f"{said}'{'x' * 946}... (5,055 characters)"
+
+
+def test_finite_numbers_are_real_numbers_only():
+    from cnnctl.config import is_finite_number
+
+    assert [is_finite_number(x) for x in (0, -3, 1.5, 10**30)] == [True] * 4
+    assert [is_finite_number(x) for x in (True, False, float("nan"), float("inf"), -float("inf"), "1", None)] == [
+        False] * 7
+
+
+def test_an_unknown_key_is_named_as_written_even_with_brackets(tmp_path):
+    path = config_file(tmp_path, "data: {dataset: digits, normalize: {mean: [1], std: [1]}}\nmodel: {arch: lenet5}\n"
+                                 "optimizer: {'lr[0]': 0.1}\n")
+    assert str(refused(lambda: load_config(path))) == (
+        f"{path}: optimizer.lr[0]: unknown key; did you mean 'lr'? Valid keys: name, lr, momentum, nesterov, "
+        "weight_decay, decay_bias_and_norm, betas, alpha, eps")
+
+
+def test_a_dumped_config_is_plain_json_data():
+    import json
+
+    from cnnctl.config import Config
+
+    dumped = Config.model_validate({"data": {"dataset": "digits"}, "optimizer": {"name": "adam"}}).dump()
+    assert dumped["optimizer"]["betas"] == [0.9, 0.999]  # a list, as JSON and YAML readers give it back, not a tuple
+    assert json.loads(json.dumps(dumped)) == dumped
+
+
+@pytest.mark.parametrize("text, message", [
+    # a merge key first does not end the search for keys given twice
+    ("a: &a {y: 1}\nc:\n  <<: *a\n  x: 1\n  x: 2\n",
+     "line 5, column 3: key 'c.x' is given twice (line 4 and line 5); the second would silently replace the first: "
+     "keep one"),
+    (f"{'k' * 41}: 1\n{'k' * 41}: 2\n",
+     f"line 2, column 1: key '{'k' * 40}... (41 characters)' is given twice (line 1 and line 2); the second would "
+     "silently replace the first: keep one"),
+    ("a: 1\nb: " + "7" * 5000 + "\n", "line 2, column 4: an integer of 5,000 digits is too long to be a config value"),
+])
+def test_keys_given_twice_and_huge_integers(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert str(refused(lambda: read_yaml(path))) == f"{path}: {message}"
+
+
+def _saved(**sets) -> dict:
+    from cnnctl.config import resolve_run
+
+    data = {"name": "first", "data": {"dataset": "digits"}, "model": {"arch": "lenet5"}, **sets}
+    return {"config": resolve_run(data).config.dump()}
+
+
+def test_a_resume_that_changes_several_keys_names_each_with_both_values(tmp_path):
+    from cnnctl.config import RESUME_ALLOWED, resolve_run
+
+    ckpt = _saved()
+    error = refused(lambda: resolve_run(None, overrides=["seed=4", "optimizer.lr=0.5", "train.epochs=9"],
+                                        resume_from=tmp_path / "last.pt", checkpoint=ckpt))
+    assert str(error) == ("--resume: changing optimizer.lr (0.01 -> 0.5), seed (0 -> 4) would make this a different run; "
+                          "resume with the config it was started with, or start a new run. Keys that may change on "
+                          f"resume: {', '.join(RESUME_ALLOWED)}")
+    assert RESUME_ALLOWED[:3] == ("name", "out", "train.epochs")
+
+
+def test_a_resumed_configs_own_problem_names_the_checkpoint(tmp_path):
+    from cnnctl.config import resolve_run
+
+    ckpt = _saved()
+    ckpt["config"]["optimizer"]["lrr"] = 1  # saved by another version of cnnctl, say
+    error = refused(lambda: resolve_run(None, resume_from=tmp_path / "last.pt", checkpoint=ckpt))
+    assert str(error).startswith(f"{tmp_path / 'last.pt'} (resumed config): optimizer.lrr: unknown key; did you mean "
+                                 "'lr'?")
+    error = refused(lambda: resolve_run({"data": {"dataset": "digits"}, "seed": -1}))
+    assert str(error) == "config: seed: Input should be greater than or equal to 0 (got -1)"
+
+
+def test_name_and_out_are_taken_as_written(tmp_path):
+    from cnnctl.config import resolve_run
+
+    run = resolve_run({"data": {"dataset": "digits"}}, name="007", out="null")
+    assert (run.config.name, run.config.out) == ("007", "null")  # strings, not the YAML number 7 or null
+    assert (resolve_run({"data": {"dataset": "digits"}}, out="o").config.name) == "run"
+    assert resolve_run({"data": {"dataset": "digits"}, "name": "mine"}, out="o").config.name == "mine"

@@ -5,7 +5,6 @@ Nothing here imports torch: ``cnnctl --help`` and config errors stay fast.
 
 from __future__ import annotations
 
-import copy
 import importlib.resources
 import math
 import re
@@ -255,6 +254,8 @@ def _run_name_problem(name: str) -> str | None:
         why = "holds a path separator"
     elif name.startswith(".") or ".." in name:
         why = "starts with '.' or holds '..'"
+    elif name.startswith("-"):  # a folder name an option parser would take for an option
+        why = "starts with '-'"
     elif len(name) > RUN_NAME_MAX:
         why = f"is {len(name):,} characters long"
     elif not name:
@@ -394,7 +395,7 @@ class _LimitedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (values, characters) once aliases are expanded
         self._path: list[str] = []
-        self._aliases = 0
+        self._aliased = False  # whether an alias (*name) was met: a too-large value then says so
 
     def _refuse(self, problem: str, mark: Any) -> yaml.MarkedYAMLError:
         return yaml.composer.ComposerError(None, None, problem, mark)
@@ -406,7 +407,7 @@ class _LimitedLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             node = super().compose_node(parent, index)
-            self._aliases += 1
+            self._aliased = True
             if id(node) not in self._expanded:
                 raise self._refuse("this alias refers to a list or mapping that contains it (a recursive structure); "
                                    "a config is a tree: write the values out", mark)
@@ -429,8 +430,8 @@ class _LimitedLoader(yaml.SafeLoader):
             if values > MAX_YAML_VALUES or chars > MAX_YAML_CHARS:
                 size = f"{values:,} values" if values > MAX_YAML_VALUES else f"{chars:,} characters"
                 where = f" ({self._where()})" if self._where() else ""
-                aliases = " once its aliases (*name) are expanded" if self._aliases else ""
-                mend = "; write the values out instead of nesting aliases" if self._aliases else ""
+                aliases = " once its aliases (*name) are expanded" if self._aliased else ""
+                mend = "; write the values out instead of nesting aliases" if self._aliased else ""
                 raise self._refuse(f"this value{where} holds {size}{aliases}, more than a config may hold "
                                    f"({MAX_YAML_VALUES:,} values, {MAX_YAML_CHARS:,} characters){mend}",
                                    node.start_mark)
@@ -543,8 +544,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``data`` with each ``--set KEY=VALUE`` applied (missing sections are created; the input is not changed)."""
-    data = copy.deepcopy(data)
+    """``data`` with each ``--set KEY=VALUE`` applied (missing sections are created; the input is not changed).
+
+    Only the mappings on an override's path are copied, so a config of any depth is never walked here."""
+    data = dict(data)
     for item in overrides:
         keys, value = parse_override(item)
         node = data
@@ -558,6 +561,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                                       f"one; give the whole list as YAML (--set '{dotted}=[...]') or edit the file")
                 raise ConfigError(f"--set {short_repr(item)}: {dotted} is a value, not a section, so it has no key "
                                   f"{keys[depth + 1]!r}")
+            node[k] = dict(node[k])  # a copy: the caller's mapping stays as it was
             node = node[k]
         node[keys[-1]] = value
     return data
@@ -709,23 +713,23 @@ def resolve_run(config: Config | dict[str, Any] | str | Path | None = None, *, o
     overrides = list(overrides)
     extra = [f"{key}={_yaml_scalar(value)}" for key, value in (("name", name), ("out", out)) if value is not None]
     saved = None if checkpoint is None else checkpoint.get("config")
+    if saved is not None and not isinstance(saved, dict):
+        raise ConfigError("the checkpoint holds no config mapping; it was not written by cnnctl train",
+                          file=str(resume_from))
     source = f"{resume_from} (resumed config)" if saved is not None else "config"
     default_name = "run"
     if isinstance(config, Config):
         data = config.dump()
     elif isinstance(config, dict):
-        data = copy.deepcopy(config)
+        data = dict(config)  # apply_overrides copies it whole before changing anything inside
     elif config is not None:
         path = resolve_config_path(config)
         data, source, default_name = read_yaml(path), str(path), safe_run_name(path.stem)
     elif saved is not None:
-        data = copy.deepcopy(saved)
+        data = dict(saved)
     else:
         raise UsageError("give a CONFIG (a file or a bundled config name; `cnnctl configs` lists them) or --resume RUN")
     if saved is not None:
-        if not isinstance(saved, dict):
-            raise ConfigError("the checkpoint holds no config mapping; it was not written by cnnctl train",
-                              file=str(resume_from))
         # a resumed run keeps its name; one saved before run names were checked is made safe, not refused
         saved = {**saved, "name": safe_run_name(str(saved.get("name") or "run"))}
         data["name"] = saved["name"]

@@ -388,3 +388,210 @@ def test_name_and_out_are_taken_as_written(tmp_path):
     assert (run.config.name, run.config.out) == ("007", "null")  # strings, not the YAML number 7 or null
     assert (resolve_run({"data": {"dataset": "digits"}}, out="o").config.name) == "run"
     assert resolve_run({"data": {"dataset": "digits"}, "name": "mine"}, out="o").config.name == "mine"
+
+
+_SET_HELP = "--set takes KEY=VALUE with a dotted key, e.g. --set optimizer.lr=0.05"
+_LIST_HELP = ("--set takes dotted keys (section.key), not list indexes; to change custom layers, give the whole list as "
+              "YAML, e.g. --set 'model.layers=[{conv: {out: 8, kernel: 3}}, relu, flatten, linear]', or edit the layers in "
+              "the config file")
+_EMPTY_PART = "has an empty part (a leading, trailing or doubled '.'); write section.key, e.g. --set optimizer.lr=0.05"
+
+
+@pytest.mark.parametrize("item, message", [
+    ("lr", f"--set 'lr': no '='; {_SET_HELP}"),
+    (" =3", f"--set ' =3': nothing before '='; {_SET_HELP}"),
+    ("model.layers[0].out=3", f"--set 'model.layers[0].out=3': {_LIST_HELP}"),
+    ("model.layers.0=3", f"--set 'model.layers.0=3': {_LIST_HELP}"),
+    ("a]=1", f"--set 'a]=1': {_LIST_HELP}"),
+    ("a..b=1", f"--set 'a..b=1': the key 'a..b' {_EMPTY_PART}"),
+    (".a=1", f"--set '.a=1': the key '.a' {_EMPTY_PART}"),
+    ("a=[1,", "--set 'a=[1,': the value is not valid YAML (line 1, column 4: expected the node content, but found "
+              "'<stream end>'); quote a string that holds ':', '#', '[' or '{'"),
+    ("a=!!python/object:os.system x",
+     "--set 'a=!!python/object:os.system x': the value is refused (line 1, column 1: could not determine a constructor "
+     "for the tag 'tag:yaml.org,2002:python/object:os.system' (cnnctl loads YAML safely: tags such as !!python/object "
+     "are refused; use plain values))"),
+    ("a=x\x01", "--set 'a=x\\x01': the value is refused (line 1, column 2: a control character (#x0001) that YAML does "
+                "not allow; remove it)"),
+])
+def test_set_refusals_word_for_word(item, message):
+    from cnnctl.config import parse_override
+
+    assert str(refused(lambda: parse_override(item))) == message
+
+
+def test_set_values_are_yaml_and_an_empty_one_is_null():
+    from cnnctl.config import parse_override
+
+    assert parse_override("a=") == (["a"], None)
+    assert parse_override(" a . b =  ") == (["a", "b"], None)
+    assert parse_override("a=b: c") == (["a"], {"b": "c"})
+    assert parse_override("a=[1, x]") == (["a"], [1, "x"])
+
+
+@pytest.mark.parametrize("data, item, message", [
+    ({"model": {"layers": [1]}}, "model.layers.x=1",
+     "--set 'model.layers.x=1': model.layers is a list, and --set cannot reach inside one; give the whole list as YAML "
+     "(--set 'model.layers=[...]') or edit the file"),
+    ({"optimizer": {"lr": 0.1}}, "optimizer.lr.x.y=1",
+     "--set 'optimizer.lr.x.y=1': optimizer.lr is a value, not a section, so it has no key 'x'"),
+    ({"a": {"b": {"c": 1}}}, "a.b.c.d.e=2", "--set 'a.b.c.d.e=2': a.b.c is a value, not a section, so it has no key 'd'"),
+])
+def test_set_cannot_reach_into_a_value_or_a_list(data, item, message):
+    from cnnctl.config import apply_overrides
+
+    assert str(refused(lambda: apply_overrides(data, [item]))) == message
+
+
+def test_set_leaves_its_input_alone_and_creates_missing_sections():
+    from cnnctl.config import apply_overrides
+
+    data = {"a": None, "b": {"c": {"d": 1}}}
+    assert apply_overrides(data, ["a.x.y=1", "b.c.d=2", "b.c.e=3"]) == {"a": {"x": {"y": 1}},
+                                                                        "b": {"c": {"d": 2, "e": 3}}}
+    assert data == {"a": None, "b": {"c": {"d": 1}}}
+
+
+_RULE = ("a run name is one folder name inside --out: letters, digits, '-', '_' and '.', starting with a letter, digit "
+         "or '_', without '..', at most 100 characters (e.g. lenet5-lr0.1); to put runs elsewhere, use --out DIR")
+
+
+@pytest.mark.parametrize("name, why", [
+    ("a/b", "'a/b' holds a path separator"),
+    ("a\\b", "'a\\\\b' holds a path separator"),
+    (".hidden", "'.hidden' starts with '.' or holds '..'"),
+    ("a..b", "'a..b' starts with '.' or holds '..'"),
+    ("-a", "'-a' starts with '-'"),
+    ("x" * 101, f"'{'x' * 80}'... (101 characters) is 101 characters long"),
+    ("", "'' is empty"),
+    ("a b", "'a b' holds characters other than letters, digits, '-', '_' and '.'"),
+    ("é", "'é' holds characters other than letters, digits, '-', '_' and '.'"),
+])
+def test_run_names_refused_word_for_word(name, why):
+    from cnnctl.config import check_run_name
+
+    error = refused(lambda: check_run_name(name, "--name"))
+    assert str(error) == f"--name: run name {why}; {_RULE}"
+
+
+@pytest.mark.parametrize("name", ["ok", "a.b", "_x", "0-9", "a.", "x" * 100])
+def test_run_names_accepted(name):
+    from cnnctl.config import check_run_name
+
+    assert check_run_name(name, "--name") == name
+
+
+@pytest.mark.parametrize("text, made", [
+    ("my config", "my-config"), ("ABC def", "ABC-def"), ("..a..b..", "a.b"), ("-x-", "x"), ("ÄÖ", "run"), ("", "run"),
+    ("Xray", "Xray"), ("runX", "runX"), ("a" * 99 + "-" + "b" * 5, "a" * 99), ("a" * 99 + ".X", "a" * 99),
+])
+def test_a_file_stem_becomes_a_safe_run_name(text, made):
+    from cnnctl.config import check_run_name, safe_run_name
+
+    assert safe_run_name(text) == made
+    assert check_run_name(made, "--name") == made
+
+
+def test_short_repr_keeps_messages_short():
+    from cnnctl.config import short_repr
+
+    assert short_repr("x" * 80) == "'" + "x" * 27 + "..." + "x" * 28 + "'"  # reprlib's own cut, in the middle
+    assert short_repr("x" * 81) == repr("x" * 80) + "... (81 characters)"
+    exact = [10**37, 10**37]  # a repr of exactly 80 characters
+    assert short_repr(exact) == repr(exact)
+    assert short_repr([*exact, 1]) == repr(exact)[:-1] + ",..."
+    assert short_repr(["y" * 60] * 3) == "['" + "y" * 27 + "..." + "y" * 28 + "', '" + "y" * 16 + "..."
+    assert short_repr(10**5000) == "<int>"  # past Python's 4300-digit limit on str(int)
+
+
+def _chars_bomb(filler: int) -> str:
+    """A mapping of 3 + 1000 * 4191 + ``filler`` characters once its 4190 aliases are expanded."""
+    return f"a: &a {'s' * 1000}\nb: [{', '.join(['*a'] * 4190)}]\nc: {'f' * filler}\n"
+
+
+def test_the_value_and_character_limits_are_exact(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("x: [" + "0, " * 99_997 + "]\n")  # the mapping, its key, the list and 99,997 items: 100,000 values
+    assert len(read_yaml(path)["x"]) == 99_997
+    path.write_text("x: [" + "0, " * 99_998 + "]\n")
+    assert str(refused(lambda: read_yaml(path))) == (
+        f"{path}: line 1, column 1: this value holds 100,001 values, more than a config may hold (100,000 values, "
+        "4,194,304 characters)")
+    path.write_text(_chars_bomb(3301))
+    assert len(read_yaml(path)["b"]) == 4190
+    path.write_text(_chars_bomb(3302))
+    assert str(refused(lambda: read_yaml(path))) == (
+        f"{path}: line 1, column 1: this value holds 4,194,305 characters once its aliases (*name) are expanded, more "
+        "than a config may hold (100,000 values, 4,194,304 characters); write the values out instead of nesting aliases")
+
+
+@pytest.mark.parametrize("where, place, path", [
+    (f"{'k' * 41}: BOMB", "line 5, column 44", f"{'k' * 40}... (41 characters)"),
+    ("? [k]\n: BOMB", "line 6, column 3", "?"),  # a list as a key: no name to give
+])
+def test_an_expanded_alias_under_an_odd_key(tmp_path, where, place, path):
+    file = tmp_path / "c.yaml"
+    file.write_text(_alias_bomb(where))
+    assert str(refused(lambda: read_yaml(file))) == (
+        f"{file}: {place}: this value ({path}) holds 111,111 values once its aliases (*name) are expanded, more than a "
+        "config may hold (100,000 values, 4,194,304 characters); write the values out instead of nesting aliases")
+
+
+def test_a_recursive_alias_is_refused_where_it_is(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("a: 1\nb: &b [1, {c: *b}]\n")
+    assert str(refused(lambda: read_yaml(path))) == (
+        f"{path}: line 2, column 15: this alias refers to a list or mapping that contains it (a recursive structure); a "
+        "config is a tree: write the values out")
+
+
+@pytest.mark.parametrize("text, place", [
+    ("\n\na: 1\nb: \x01\n", "line 4, column 4"),  # after several lines: counted from the last newline
+    ("\n\x01", "line 2, column 1"),  # a newline first
+])
+def test_a_control_character_is_placed_after_any_newlines(tmp_path, text, place):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert str(refused(lambda: read_yaml(path))) == (
+        f"{path}: {place}: a control character (#x0001) that YAML does not allow; remove it")
+
+
+def test_resolve_run_refusals_word_for_word(tmp_path):
+    from cnnctl.config import resolve_run
+    from cnnctl.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        resolve_run(None)
+    assert str(info.value) == ("give a CONFIG (a file or a bundled config name; `cnnctl configs` lists them) or "
+                               "--resume RUN")
+    error = refused(lambda: resolve_run(None, resume_from=tmp_path / "last.pt", checkpoint={"config": [1]}))
+    assert str(error) == f"{tmp_path / 'last.pt'}: the checkpoint holds no config mapping; it was not written by cnnctl train"
+    deep: object = 1
+    for _ in range(3000):
+        deep = [deep]
+    error = refused(lambda: resolve_run({"data": {"dataset": "digits"}, "model": {"arch": "custom", "layers": deep}}))
+    assert str(error) == "config: config nested too deeply"
+
+
+def test_resume_details_the_checkpoint_does_not_settle(tmp_path):
+    from cnnctl.config import resolve_run
+
+    last = tmp_path / "last.pt"
+    unnamed = _saved(name=None)
+    assert resolve_run(None, resume_from=last, checkpoint=unnamed).config.name == "run"
+    # the saved config itself no longer validates (an older cnnctl, say) while the resumed one does
+    old = _saved()
+    old["config"]["train"]["epochs"] = 0
+    assert str(refused(lambda: resolve_run(None, overrides=["train.epochs=3"], resume_from=last, checkpoint=old))) == (
+        f"{last}: train.epochs: Input should be greater than or equal to 1 (got 0)")
+    # turning early stopping on: keys the saved config does not have at all
+    error = refused(lambda: resolve_run(None, overrides=["train.early_stopping.patience=3"], resume_from=last,
+                                        checkpoint=_saved(train={"early_stopping": None})))
+    assert str(error).startswith("--resume: changing train.early_stopping.mode (None -> 'auto'), "
+                                 "train.early_stopping.monitor (None -> 'val_loss') would make this a different run")
+    # a resume path without a checkpoint is no resume
+    assert resolve_run({"data": {"dataset": "digits"}}, resume_from=last).resume_from is None
+    # the caller's dict is left as it was
+    given = {"data": {"dataset": "digits"}, "optimizer": {"lr": 0.5}}
+    resolve_run(given, overrides=["optimizer.lr=0.1", "data.batch_size=8"], name="n")
+    assert given == {"data": {"dataset": "digits"}, "optimizer": {"lr": 0.5}}

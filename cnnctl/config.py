@@ -479,9 +479,10 @@ def _load_limited(text: str) -> Any:
 def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
     """A YAML error in ``text`` as 'line L, column C: problem'."""
     if isinstance(e, yaml.reader.ReaderError) and isinstance(e.character, int):  # a character YAML never allows
-        line = text.count("\n", 0, e.position) + 1
-        column = e.position - text.rfind("\n", 0, e.position)
-        return f"line {line}, column {column}: a control character (#x{e.character:04x}) that YAML does not allow; remove it"
+        before = text[:e.position]
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+        return (f"line {line}, column {column}: a control character (#x{e.character:04x}) that YAML does not allow; "
+                "remove it")
     if isinstance(e, yaml.MarkedYAMLError):
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -535,7 +536,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"{shown}: the key {short_repr(key)} has an empty part (a leading, trailing or doubled '.'); "
                           f"write section.key, {_SET_EXAMPLE}")
     try:
-        value = _load_limited(raw) if raw.strip() else None
+        value = _load_limited(raw)  # an empty value is YAML's null
     except yaml.YAMLError as e:
         syntax = isinstance(e, (yaml.scanner.ScannerError, yaml.parser.ParserError))
         what, hint = ("is not valid YAML", "; quote a string that holds ':', '#', '[' or '{'") if syntax else ("is refused", "")

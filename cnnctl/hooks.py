@@ -580,8 +580,11 @@ class GradientRecorderHook(Hook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
             self.recorder.load_state_dict(state)
-        except ValueError as e:
+        except ValueError as e:  # another model's layers
             raise ConfigError(f"--resume: {e}") from None
+        except (KeyError, TypeError, AttributeError):
+            raise ConfigError("--resume: the checkpoint's gradient record is not one cnnctl wrote; resume from another "
+                              "checkpoint, or without the record: --set train.record_gradients_every=null") from None
 
 
 class ActivationStatsHook(Hook):

@@ -403,6 +403,7 @@ _EMPTY_PART = "has an empty part (a leading, trailing or doubled '.'); write sec
     ("model.layers[0].out=3", f"--set 'model.layers[0].out=3': {_LIST_HELP}"),
     ("model.layers.0=3", f"--set 'model.layers.0=3': {_LIST_HELP}"),
     ("a]=1", f"--set 'a]=1': {_LIST_HELP}"),
+    ("a[=1", f"--set 'a[=1': {_LIST_HELP}"),
     ("a..b=1", f"--set 'a..b=1': the key 'a..b' {_EMPTY_PART}"),
     (".a=1", f"--set '.a=1': the key '.a' {_EMPTY_PART}"),
     ("a=[1,", "--set 'a=[1,': the value is not valid YAML (line 1, column 4: expected the node content, but found "
@@ -465,6 +466,7 @@ _RULE = ("a run name is one folder name inside --out: letters, digits, '-', '_' 
     ("x" * 101, f"'{'x' * 80}'... (101 characters) is 101 characters long"),
     ("", "'' is empty"),
     ("a b", "'a b' holds characters other than letters, digits, '-', '_' and '.'"),
+    ("a b" + "x" * 97, f"'a b{'x' * 77}' holds characters other than letters, digits, '-', '_' and '.'"),  # 100 long
     ("é", "'é' holds characters other than letters, digits, '-', '_' and '.'"),
 ])
 def test_run_names_refused_word_for_word(name, why):
@@ -577,7 +579,8 @@ def test_resume_details_the_checkpoint_does_not_settle(tmp_path):
     from cnnctl.config import resolve_run
 
     last = tmp_path / "last.pt"
-    unnamed = _saved(name=None)
+    unnamed = _saved()
+    unnamed["config"]["name"] = None  # saved before runs were always named
     assert resolve_run(None, resume_from=last, checkpoint=unnamed).config.name == "run"
     # the saved config itself no longer validates (an older cnnctl, say) while the resumed one does
     old = _saved()

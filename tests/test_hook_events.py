@@ -1,0 +1,425 @@
+"""Each hook of cnnctl.hooks at its events, on a stand-in run: what it saves and when, what it prints, what it
+writes to metrics.csv and TensorBoard, its messages word for word (mutation survivors of ``hooks``). The hooks
+inside real training runs are tested in test_recording.py, test_tensorboard.py and test_train.py."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cnnctl import hooks
+from cnnctl.errors import ConfigError, UsageError
+from cnnctl.hooks import (
+    ActivationStatsHook,
+    EarlyStopping,
+    EpochCheckpoint,
+    GradientRecorderHook,
+    Hook,
+    Interruption,
+    LRSchedule,
+    MetricsCSV,
+    Progress,
+    StepCheckpoint,
+    TensorBoard,
+    epoch_line,
+    final_metrics,
+    first_layer_filters,
+    hparam_values,
+    optimizer_step_hooks,
+    resolve_mode,
+    write_metrics,
+)
+
+
+class Loader(list):
+    num_samples = 1000
+
+
+def fake_run(**fields) -> SimpleNamespace:
+    """A stand-in for run.Run with what the hooks read, and a record of its saves."""
+    saves: list = []
+    run = SimpleNamespace(
+        epoch=1, step=0, last_saved_step=0, interrupted=None, stop_after_step=False, stop_reason=None, history=[],
+        config=SimpleNamespace(name="r", train=SimpleNamespace(epochs=10)), train_loader=Loader(range(4)),
+        val_loader=None, best=SimpleNamespace(best_epoch=None), scheduler=SimpleNamespace(lr=0.05), hooks=[],
+        saves=saves, has_checkpoint=lambda: True,
+        save=lambda *names, partial=None: saves.append((names, partial)))
+    for key, value in fields.items():
+        setattr(run, key, value)
+    return run
+
+
+class State(SimpleNamespace):
+    def __init__(self, step: int) -> None:
+        super().__init__(step=step, checks=[])
+
+    def check_finite(self, epoch: int, *, kept: bool) -> None:
+        self.checks.append((epoch, kept))
+
+    def totals(self) -> tuple[float, float, int]:
+        return 0.123456, 0.5, 640
+
+
+ROW = {"epoch": 3, "train_loss": 0.12345, "train_acc": 0.9876, "val_loss": 0.2, "val_acc": 0.95, "lr": 0.00123456,
+       "epoch_seconds": 2.5}
+
+
+# ---------------------------------------------------------------- early stopping and the best metric, word for word
+
+
+def test_refusals_word_for_word():
+    with pytest.raises(UsageError) as info:
+        resolve_mode("val_loss", "up")
+    assert str(info.value) == "mode must be auto, min or max, not 'up'"
+    with pytest.raises(UsageError) as info:
+        EarlyStopping(patience=0)
+    assert str(info.value) == "patience must be at least 1, not 0"
+    assert EarlyStopping(patience=1).patience == 1
+
+
+def test_early_stopping_reasons_word_for_word():
+    es = EarlyStopping("val_loss", patience=2, min_delta=0.01)
+    assert es.monitor == "val_loss" and es.restore_best is True
+    assert [es.step(v, e) for e, v in enumerate([1.0, 0.995], 1)] == [(False, None), (False, None)]
+    assert es.step(0.999, 3) == (True, "val_loss did not improve by more than 0.01 for 2 epochs (best 1.0000 at "
+                                       "epoch 1); stopping at epoch 3.")
+    assert es.stopped_epoch == 3
+    es.restart_patience()
+    assert (es.wait, es.stopped_epoch) == (0, None)
+    nan = EarlyStopping("val_acc")
+    assert nan.step(math.inf, 4) == (True, "val_acc is inf at epoch 4; stopping.")
+    assert nan.stopped_epoch == 4
+    assert EarlyStopping("val_acc").step(math.nan, 4, last=True) == (False, None)
+
+
+def test_early_stopping_state_holds_its_count_and_its_stop():
+    es = EarlyStopping("val_acc", patience=3)
+    es.step(0.5, 1)
+    es.step(0.4, 2)
+    assert es.state_dict() == {"monitor": "val_acc", "mode": "max", "best": 0.5, "best_epoch": 1, "wait": 1,
+                               "patience": 3, "stopped_epoch": None}
+    fresh = EarlyStopping("val_acc", patience=3)
+    fresh.load_state_dict({"best": 0.5, "best_epoch": 1})  # a state from before wait was kept
+    assert (fresh.wait, fresh.stopped_epoch, fresh.tracker.best) == (0, None, 0.5)
+
+
+def test_early_stopping_tells_the_run_through_the_rank_broadcast():
+    broadcast = []
+    dist = SimpleNamespace(broadcast_reason=lambda reason: broadcast.append(reason) or reason)
+    es = EarlyStopping("val_loss", patience=1)
+    run = fake_run(dist=dist, epoch=1)
+    es.on_epoch_end(run, {"val_loss": 1.0})
+    run.epoch = 2
+    es.on_epoch_end(run, {"val_loss": 2.0})
+    assert broadcast == [None, "val_loss did not improve by more than 0.0 for 1 epochs (best 1.0000 at epoch 1); "
+                               "stopping at epoch 2."]
+    assert run.stop_reason == broadcast[-1]
+    last = fake_run(dist=dist, epoch=10)  # the configured last epoch: patience running out is no early stop
+    es.on_epoch_end(last, {"val_loss": 3.0})
+    assert last.stop_reason is None
+
+
+def test_the_best_metric_ignores_non_finite_values_and_counts_min_delta():
+    best = hooks.BestMetric("val_loss", min_delta=0.1)
+    assert not best.improves(math.nan) and not best.improves(True) and best.improves(5.0)
+    best.update(1.0, 1)
+    assert not best.improves(0.9) and best.improves(0.89)
+    up = hooks.BestMetric("val_acc", min_delta=0.1)
+    up.update(0.5, 1)
+    assert not up.improves(0.6) and up.improves(0.61)
+    run = fake_run(epoch=7)
+    up.on_epoch_end(run, {"val_acc": 0.9})
+    assert (up.best, up.best_epoch) == (0.9, 7)
+
+
+# ---------------------------------------------------------------- which hooks run on the hot path
+
+
+def test_optimizer_step_hooks_are_the_ones_that_override_an_optimizer_event():
+    class Before(Hook):
+        def on_before_optimizer_step(self, run, state):
+            pass
+
+    class After(Hook):
+        def on_after_optimizer_step(self, run, state):
+            pass
+
+    before, after, plain = Before(), After(), Hook()
+    assert optimizer_step_hooks([plain, before, after]) == ([before], [after])
+    assert plain.wants_unscaled_gradients(fake_run(), State(0)) is True
+    assert plain.state_dict() == {} and plain.key is None
+
+
+def test_the_lr_schedule_steps_per_step_or_per_epoch_with_the_row():
+    calls = []
+    per_step = LRSchedule(SimpleNamespace(interval="step", step=lambda *a: calls.append(("step", a))))
+    per_epoch = LRSchedule(SimpleNamespace(interval="epoch", step=lambda *a: calls.append(("epoch", a))))
+    for hook in (per_step, per_epoch):
+        hook.on_step_end(fake_run(), State(1))
+        hook.on_epoch_end(fake_run(), ROW)
+    assert calls == [("step", ()), ("epoch", (ROW,))]
+
+
+# ---------------------------------------------------------------- the epoch line and metrics.csv
+
+
+def test_the_epoch_line_word_for_word():
+    assert epoch_line(ROW, 10, 1000, True) == ("epoch 3/10  train_loss 0.1235  train_acc 98.76%  val_loss 0.2000  "
+                                               "val_acc 95.00%  lr 0.00123  400 img/s  2.5s  *")
+    no_val = {**ROW, "val_loss": None, "val_acc": None, "epoch_seconds": 0.0}
+    assert epoch_line(no_val, 10, 1000, False) == ("epoch 3/10  train_loss 0.1235  train_acc 98.76%  lr 0.00123  "
+                                                   "1,000,000,000,000 img/s  0.0s")
+
+
+def test_metrics_csv_keeps_every_digit_and_leaves_missing_values_empty(tmp_path):
+    history = [{**ROW, "val_loss": None, "val_acc": None, "lr": 0.1}, {**ROW, "epoch": 4, "train_loss": 1 / 3}]
+    write_metrics(tmp_path, history)
+    assert (tmp_path / "metrics.csv").read_text() == (
+        "epoch,train_loss,train_acc,val_loss,val_acc,lr,epoch_seconds\n"
+        "3,0.12345,0.9876,,,0.1,2.5\n"
+        "4,0.3333333333333333,0.9876,0.2,0.95,0.00123456,2.5\n")
+
+
+def test_the_metrics_hook_writes_the_file_and_logs_the_line(tmp_path, caplog):
+    run = fake_run(epoch=3, history=[ROW], best=SimpleNamespace(best_epoch=3))
+    with caplog.at_level(logging.INFO, logger="cnnctl"):
+        MetricsCSV(tmp_path).on_epoch_end(run, ROW)
+        run.best.best_epoch = 2
+        MetricsCSV(tmp_path).on_epoch_end(run, ROW)
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1] == "3,0.12345,0.9876,0.2,0.95,0.00123456,2.5"
+    assert caplog.messages == [epoch_line(ROW, 10, 1000, True), epoch_line(ROW, 10, 1000, False)]
+
+
+# ---------------------------------------------------------------- the progress bar
+
+
+def test_progress_checks_the_loss_at_most_once_a_second(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock[0])
+    progress = Progress(enabled=False)  # pytest's stderr is no terminal: no bar
+    assert progress.enabled is False
+    run, state = fake_run(epoch=2), State(1)
+    progress.on_epoch_start(run, state)
+    assert progress.bar is None and progress.t0 == progress.last == 100.0
+    clock[0] = 100.999
+    progress.on_step_end(run, state)
+    assert state.checks == []
+    clock[0] = 101.0  # exactly REFRESH_SECONDS later
+    progress.on_step_end(run, state)
+    assert state.checks == [(2, True)] and progress.last == 101.0
+    progress.on_step_end(run, state)
+    assert state.checks == [(2, True)]
+
+
+def test_progress_draws_a_bar_with_the_running_figures(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    progress = Progress(enabled=True)
+    assert progress.enabled is True
+    run = fake_run(epoch=2, config=SimpleNamespace(name="r", train=SimpleNamespace(epochs=5)))
+    progress.on_epoch_start(run, State(1))  # a mid-epoch resume starts the bar at its step
+    bar = progress.bar
+    assert (bar.total, bar.n, bar.desc, bar.unit, bar.leave) == (4, 1, "epoch 3/5", "batch", False)
+    clock[0] = 2.0
+    progress.on_step_end(run, State(3))
+    assert bar.n == 3
+    assert bar.postfix == "loss=0.1235, acc=50.00%, lr=0.05, img/s=320"
+    progress.on_epoch_end(run, ROW)
+    assert progress.bar is None and bar.disable  # closed
+    progress.on_epoch_start(run, State(0))
+    progress.on_train_end(run)
+    assert progress.bar is None
+    assert Progress(enabled=False).enabled is False
+
+
+def test_a_notebook_kernel_counts_as_a_screen(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipykernel", object())
+    assert not hooks.in_notebook()
+    monkeypatch.setitem(sys.modules, "ipykernel.zmqshell", object())
+    assert hooks.in_notebook()
+    monkeypatch.delitem(sys.modules, "ipykernel")
+    assert not hooks.in_notebook()
+
+
+# ---------------------------------------------------------------- checkpoints and interruption
+
+
+@pytest.mark.parametrize("step, saved, state_step, expected", [
+    (5, 2, 2, True),  # 3 steps since the last save
+    (4, 2, 2, False),  # 2
+    (5, 2, 4, False),  # the epoch's last step: the epoch's own checkpoint follows
+])
+def test_step_checkpoints_every_n_steps_inside_an_epoch(step, saved, state_step, expected):
+    run, state = fake_run(step=step, last_saved_step=saved), State(state_step)
+    StepCheckpoint(3).on_step_end(run, state)
+    assert run.saves == ([(("last.pt",), state)] if expected else [])
+    assert state.checks == ([(1, True)] if expected else [])
+
+
+@pytest.mark.parametrize("epoch, best_epoch, stop_reason, expected", [
+    (2, 2, None, ("best.pt", "last.pt")),  # improved, and a save_every epoch
+    (3, 2, None, None),
+    (3, 3, None, ("best.pt",)),
+    (10, 2, None, ("last.pt",)),  # the last epoch
+    (3, 2, "stopped", ("last.pt",)),
+])
+def test_epoch_checkpoints(epoch, best_epoch, stop_reason, expected):
+    run = fake_run(epoch=epoch, best=SimpleNamespace(best_epoch=best_epoch), stop_reason=stop_reason)
+    EpochCheckpoint(save_every=2).on_epoch_end(run, ROW)
+    assert run.saves == ([(expected, None)] if expected else [])
+
+
+def test_an_interruption_finishes_the_step_saves_and_restores_the_handlers(monkeypatch, caplog):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    exits = []
+    monkeypatch.setattr(hooks.os, "_exit", lambda code: exits.append(code))  # recorded; the test goes on
+    hook, run = Interruption(), fake_run(step=7, last_saved_step=5)
+    hook.on_train_start(run)
+    assert signal.getsignal(signal.SIGINT) == hook._handle and signal.getsignal(signal.SIGTERM) == hook._handle
+    state = State(3)
+    hook.on_step_end(run, state)
+    assert run.saves == [] and not run.stop_after_step
+    with caplog.at_level(logging.WARNING, logger="cnnctl"):
+        hook._handle(signal.SIGTERM, None)
+    assert run.interrupted == signal.SIGTERM and exits == []
+    assert caplog.messages == ["SIGTERM received: finishing this step and saving last.pt (press Ctrl-C again to quit "
+                               "at once)"]
+    hook.on_step_end(run, state)
+    assert run.saves == [(("last.pt",), state)] and run.stop_after_step and state.checks == [(1, True)]
+    hook._handle(signal.SIGINT, None)  # a second signal: out at once
+    assert exits == [128 + signal.SIGINT]
+    hook.on_train_end(run)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_an_interruption_saves_once():
+    hook = Interruption()
+    run = fake_run(step=7, last_saved_step=7, interrupted=signal.SIGINT)
+    hook.on_step_end(run, State(3))  # already saved at this step
+    hook.on_epoch_end(run, ROW)
+    assert run.saves == [] and run.stop_after_step
+    run.step = 8
+    hook.on_epoch_end(run, ROW)
+    assert run.saves == [(("last.pt",), None)]
+    quiet = fake_run(step=8, last_saved_step=7)
+    hook.on_epoch_end(quiet, ROW)
+    assert quiet.saves == []
+
+
+def test_a_signal_with_no_run_leaves_at_once(monkeypatch):
+    def leave(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(hooks.os, "_exit", leave)
+    with pytest.raises(SystemExit) as info:
+        Interruption()._handle(signal.SIGTERM, None)
+    assert info.value.code == 128 + signal.SIGTERM
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+
+class Writer:
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append((name, args))
+
+
+def test_tensorboard_gets_each_epochs_scalars_and_weights(tmp_path):
+    hook = TensorBoard(tmp_path)
+    hook.writer = writer = Writer()
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    hook.on_epoch_end(fake_run(model=model), {**ROW, "val_acc": None})
+    assert [name for name, _ in writer.calls] == ["add_scalar"] * 4 + ["add_histogram"] * 2 + ["flush"]
+    assert [args for name, args in writer.calls if name == "add_scalar"] == [
+        ("train/loss", 0.12345, 3), ("train/acc", 0.9876, 3), ("val/loss", 0.2, 3), ("lr", 0.00123456, 3)]
+    histograms = [args for name, args in writer.calls if name == "add_histogram"]
+    assert [(tag, epoch) for tag, _, epoch in histograms] == [("weights/0.weight", 3), ("weights/0.bias", 3)]
+    assert torch.equal(histograms[0][1], model[0].weight.detach())
+    assert writer.calls[-1][0] == "flush"
+    hook.on_train_end(fake_run())
+    assert hook.writer is None and writer.calls[-1][0] == "close"
+    hook.on_train_end(fake_run())  # closed already: nothing to do
+
+
+def test_tensorboard_needs_its_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(ConfigError) as info:
+        TensorBoard(None)
+    assert str(info.value) == ("train.tensorboard: true needs the tensorboard package: pip install 'cnnctl[tensorboard]' "
+                               "(or set train.tensorboard: false)")
+
+
+def test_the_hparams_are_the_flat_config_and_the_final_numbers():
+    assert hparam_values({"a": {"b": 1, "c": None, "d": True}, "e": [1, 2], "f": "x", "g": 0.5}) == {
+        "a.b": 1, "a.c": "null", "a.d": "true", "e": "[1, 2]", "f": "x", "g": 0.5}
+    summary = {"best": {"val_acc": 0.9, "val_loss": math.nan}, "best_epoch": 3, "test": {"accuracy": 0.8, "loss": 0.5},
+               "epochs": 4, "wall_seconds": 12.5}
+    assert final_metrics(summary) == {"hparams/best_val_acc": 0.9, "hparams/best_epoch": 3.0,
+                                      "hparams/test_accuracy": 0.8, "hparams/test_loss": 0.5, "hparams/epochs": 4.0,
+                                      "hparams/wall_seconds": 12.5}
+    assert final_metrics({"best": None, "test": None}) == {}
+
+
+def test_the_first_conv_layers_filters_as_one_picture():
+    torch.manual_seed(0)
+    grey = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Conv2d(2, 3, 5), torch.nn.Conv2d(3, 3, 3))
+    name, grid = first_layer_filters(grey)
+    # 3 filters x 2 channels: six grey tiles of 5x5, enlarged 6x (32 // 5) to 30x30, in rows of 3 with 1-pixel padding
+    assert name == "1" and grid.shape == (3, 2 * 31 + 1, 3 * 31 + 1)
+    tile = grid[0, 1:31, 1:31]
+    weight = grey[1].weight.detach()[0, 0]
+    expected = ((weight - weight.min()) / (weight.max() - weight.min())).repeat_interleave(6, 0).repeat_interleave(6, 1)
+    assert torch.allclose(tile, expected)
+    assert float(grid.min()) == 0.0 and float(grid.max()) == 1.0
+    assert first_layer_filters(grey, limit=4)[1].shape == (3, 2 * 31 + 1, 2 * 31 + 1)
+    rgb = torch.nn.Conv2d(3, 4, 3)
+    with torch.no_grad():
+        rgb.weight[1] = 0.25  # a flat filter is drawn black, not divided by zero
+    name, grid = first_layer_filters(rgb)
+    assert name == "" and grid.shape == (3, 2 * 31 + 1, 2 * 31 + 1)  # four colour tiles of 3x3 enlarged 10x, 2 by 2
+    assert float(grid[:, 1:31, 32:62].abs().sum()) == 0.0  # the flat filter, second in the first row
+    assert torch.allclose(grid[:, 1:31:10, 1:31:10].amin(), torch.tensor(0.0))
+    assert first_layer_filters(torch.nn.Linear(2, 2)) is None
+
+
+# ---------------------------------------------------------------- gradients and activations
+
+
+def test_a_gradient_state_that_does_not_fit_is_refused_on_resume(tmp_path):
+    hook = GradientRecorderHook(tmp_path, torch.nn.Sequential(torch.nn.Linear(2, 2)), every_n_steps=4)
+    assert hook.summary() is None
+    other = GradientRecorderHook(tmp_path, torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)), 4)
+    with pytest.raises(ConfigError) as info:
+        hook.load_state_dict(other.state_dict())
+    assert str(info.value) == ("--resume: the saved gradient record has layers ['0', '1'], this model ['0']; it belongs "
+                               "to another model")
+    for broken in ({"every_n_steps": 5}, {"layers": ["0"], "sums": [1.0]}):
+        with pytest.raises(ConfigError) as info:
+            hook.load_state_dict(broken)
+        assert str(info.value) == ("--resume: the checkpoint's gradient record is not one cnnctl wrote; resume from "
+                                   "another checkpoint, or without the record: --set train.record_gradients_every=null")
+    hook.load_state_dict(GradientRecorderHook(tmp_path, torch.nn.Sequential(torch.nn.Linear(2, 2)), 4).state_dict())
+
+
+def test_activation_statistics_state_and_summary(tmp_path):
+    hook = ActivationStatsHook(tmp_path)
+    hook.on_epoch_end(fake_run(val_loader=None), ROW)  # no validation split: nothing to measure
+    assert hook.summary() is None and hook.by_epoch == {}
+    hook.by_epoch = {1: [{"layer": "a"}], 3: [{"layer": "b"}]}
+    assert hook.summary() == {"epoch": 3, "split": "val", "layers": [{"layer": "b"}]}
+    again = ActivationStatsHook(tmp_path)
+    again.load_state_dict(hook.state_dict())
+    assert again.by_epoch == hook.by_epoch and hook.state_dict() == {"by_epoch": {"1": [{"layer": "a"}],
+                                                                                 "3": [{"layer": "b"}]}}
+    again.load_state_dict({})
+    assert again.by_epoch == {}

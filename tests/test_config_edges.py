@@ -466,7 +466,8 @@ _RULE = ("a run name is one folder name inside --out: letters, digits, '-', '_' 
     ("x" * 101, f"'{'x' * 80}'... (101 characters) is 101 characters long"),
     ("", "'' is empty"),
     ("a b", "'a b' holds characters other than letters, digits, '-', '_' and '.'"),
-    ("a b" + "x" * 97, f"'a b{'x' * 77}' holds characters other than letters, digits, '-', '_' and '.'"),  # 100 long
+    ("a b" + "x" * 97, f"'a b{'x' * 77}'... (100 characters) holds characters other than letters, digits, '-', '_' "
+                       "and '.'"),  # 100 characters: not the length at fault
     ("é", "'é' holds characters other than letters, digits, '-', '_' and '.'"),
 ])
 def test_run_names_refused_word_for_word(name, why):

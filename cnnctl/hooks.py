@@ -199,8 +199,8 @@ class EarlyStopping(Hook):
         self.wait, self.stopped_epoch = 0, None
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
-        stop, reason = self.step(row[self.monitor], run.epoch, last=run.epoch >= run.config.train.epochs)
-        reason = run.dist.broadcast_reason(reason if stop else None)  # rank 0 decides for all
+        _, reason = self.step(row[self.monitor], run.epoch, last=run.epoch >= run.config.train.epochs)
+        reason = run.dist.broadcast_reason(reason)  # rank 0 decides for all (a reason only when it stops)
         if reason is not None:
             run.stop_reason = reason
 

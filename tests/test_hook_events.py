@@ -331,7 +331,7 @@ class Writer:
         self.calls: list = []
 
     def __getattr__(self, name):
-        return lambda *args, **kwargs: self.calls.append((name, args))
+        return lambda *args, **kwargs: self.calls.append((name, args + ((kwargs,) if kwargs else ())))
 
 
 def test_tensorboard_gets_each_epochs_scalars_and_weights(tmp_path):
@@ -362,11 +362,11 @@ def test_tensorboard_needs_its_package(monkeypatch):
 def test_the_hparams_are_the_flat_config_and_the_final_numbers():
     assert hparam_values({"a": {"b": 1, "c": None, "d": True}, "e": [1, 2], "f": "x", "g": 0.5}) == {
         "a.b": 1, "a.c": "null", "a.d": "true", "e": "[1, 2]", "f": "x", "g": 0.5}
-    summary = {"best": {"val_acc": 0.9, "val_loss": math.nan}, "best_epoch": 3, "test": {"accuracy": 0.8, "loss": 0.5},
-               "epochs": 4, "wall_seconds": 12.5}
+    summary = {"best": {"val_acc": 0.9, "val_loss": math.nan}, "best_epoch": 3,
+               "test": {"accuracy": 0.8, "loss": 0.5, "top5": 0.95}, "epochs": 4, "wall_seconds": 12.5}
     assert final_metrics(summary) == {"hparams/best_val_acc": 0.9, "hparams/best_epoch": 3.0,
-                                      "hparams/test_accuracy": 0.8, "hparams/test_loss": 0.5, "hparams/epochs": 4.0,
-                                      "hparams/wall_seconds": 12.5}
+                                      "hparams/test_accuracy": 0.8, "hparams/test_loss": 0.5, "hparams/test_top5": 0.95,
+                                      "hparams/epochs": 4.0, "hparams/wall_seconds": 12.5}
     assert final_metrics({"best": None, "test": None}) == {}
 
 
@@ -423,3 +423,45 @@ def test_activation_statistics_state_and_summary(tmp_path):
                                                                                  "3": [{"layer": "b"}]}}
     again.load_state_dict({})
     assert again.by_epoch == {}
+
+
+def test_early_stoppings_defaults_are_the_configs():
+    from cnnctl.config import EarlyStoppingConfig
+
+    es, config = EarlyStopping(), EarlyStoppingConfig()
+    assert (es.monitor, es.tracker.mode, es.patience, es.tracker.min_delta, es.restore_best) == (
+        config.monitor, "min", config.patience, config.min_delta, config.restore_best) == ("val_loss", "min", 5, 0.0, True)
+
+
+def test_gradients_are_unscaled_only_on_the_recorded_steps(tmp_path):
+    hook = GradientRecorderHook(tmp_path, torch.nn.Sequential(torch.nn.Linear(2, 2)), every_n_steps=3)
+    assert [hook.wants_unscaled_gradients(fake_run(), State(step)) for step in range(7)] == [
+        True, False, False, True, False, False, True]
+
+
+@pytest.mark.parametrize("test, png, drawn", [(True, True, True), (False, True, False), (True, False, False)])
+def test_tensorboard_at_the_end_of_the_run(tmp_path, monkeypatch, test, png, drawn):
+    from PIL import Image
+
+    hook = TensorBoard(tmp_path)
+    writer, protos = Writer(), []
+    writer._get_file_writer = lambda: SimpleNamespace(add_summary=protos.append)
+    monkeypatch.setattr(hook, "_open", lambda: writer)
+    if png:
+        Image.new("L", (5, 4), 200).save(tmp_path / "confusion_matrix.png")  # grey: drawn as RGB
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
+    run = fake_run(epoch=4, model=model, config=SimpleNamespace(name="r", dump=lambda: {"optimizer": {"lr": 0.1}}))
+    summary = {"best": {"val_acc": 0.5}, "epochs": 4, **({"test": {"accuracy": 0.25}} if test else {})}
+    hook.on_run_end(run, summary)
+    assert len(protos) == 3  # the HParams experiment, session start and end
+    calls = [(name, args) for name, args in writer.calls]
+    scalars = [args for name, args in calls if name == "add_scalar"]
+    assert scalars == [("hparams/best_val_acc", 0.5, 4), *([("hparams/test_accuracy", 0.25, 4)] if test else []),
+                       ("hparams/epochs", 4.0, 4)]
+    images = {args[0]: args[1:] for name, args in calls if name == "add_image"}
+    assert list(images) == (["confusion_matrix/test"] if drawn else []) + ["filters/0"]
+    if drawn:
+        pixels, step, options = images["confusion_matrix/test"]
+        assert step == 4 and options == {"dataformats": "HWC"} and pixels.shape == (4, 5, 3) and int(pixels.min()) == int(pixels.max()) == 200
+    assert images["filters/0"][1:] == (4,) and torch.equal(images["filters/0"][0], first_layer_filters(model)[1])
+    assert calls[-1][0] == "close"

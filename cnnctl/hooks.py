@@ -348,7 +348,7 @@ class TensorBoard(Hook):
         epoch = row["epoch"]
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
             if row.get(key) is not None:
-                self.writer.add_scalar(key.replace("_", "/", 1) if key != "lr" else "lr", row[key], epoch)
+                self.writer.add_scalar(key.replace("_", "/"), row[key], epoch)  # train/loss, ..., lr
         for name, param in run.model.named_parameters():
             self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), epoch)
         self.writer.flush()

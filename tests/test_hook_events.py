@@ -349,6 +349,7 @@ def test_tensorboard_gets_each_epochs_scalars_and_weights(tmp_path):
     hook.on_train_end(fake_run())
     assert hook.writer is None and writer.calls[-1][0] == "close"
     hook.on_train_end(fake_run())  # closed already: nothing to do
+    TensorBoard(tmp_path).on_train_end(fake_run())  # never opened (training raised before it started)
 
 
 def test_tensorboard_needs_its_package(monkeypatch):
@@ -382,13 +383,17 @@ def test_the_first_conv_layers_filters_as_one_picture():
     assert torch.allclose(tile, expected)
     assert float(grid.min()) == 0.0 and float(grid.max()) == 1.0
     assert first_layer_filters(grey, limit=4)[1].shape == (3, 2 * 31 + 1, 2 * 31 + 1)
-    rgb = torch.nn.Conv2d(3, 4, 3)
+    rgb = torch.nn.Conv2d(3, 4, 5)
     with torch.no_grad():
         rgb.weight[1] = 0.25  # a flat filter is drawn black, not divided by zero
     name, grid = first_layer_filters(rgb)
-    assert name == "" and grid.shape == (3, 2 * 31 + 1, 2 * 31 + 1)  # four colour tiles of 3x3 enlarged 10x, 2 by 2
+    assert name == "" and grid.shape == (3, 2 * 31 + 1, 2 * 31 + 1)  # four colour tiles of 5x5 enlarged 6x, 2 by 2
     assert float(grid[:, 1:31, 32:62].abs().sum()) == 0.0  # the flat filter, second in the first row
-    assert torch.allclose(grid[:, 1:31:10, 1:31:10].amin(), torch.tensor(0.0))
+    colour = rgb.weight.detach()[0]
+    expected = ((colour - colour.min()) / (colour.max() - colour.min())).repeat_interleave(6, 1).repeat_interleave(6, 2)
+    assert torch.allclose(grid[:, 1:31, 1:31], expected)  # one tile of three channels, scaled together
+    many = torch.nn.Conv2d(1, 70, 3)
+    assert first_layer_filters(many)[1].shape == (3, 8 * 31 + 1, 8 * 31 + 1)  # the first 64 of 70, 8 by 8
     assert first_layer_filters(torch.nn.Linear(2, 2)) is None
 
 

@@ -424,7 +424,7 @@ def first_layer_filters(model: Any, limit: int = 64) -> tuple[str, Any] | None:
     tiles = tiles[:limit]
     lo = tiles.amin(dim=(1, 2, 3), keepdim=True)
     span = tiles.amax(dim=(1, 2, 3), keepdim=True) - lo
-    tiles = torch.where(span > 0, (tiles - lo) / span.clamp_min(1e-12), torch.zeros_like(tiles))
+    tiles = (tiles - lo) / span.clamp_min(1e-12)  # a flat tile is 0 - 0: black
     scale = max(1, 32 // max(tiles.shape[2:]))  # 5x5 kernels are a few pixels: enlarge, nearest-neighbour
     tiles = tiles.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     return conv[0], make_grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))), padding=1, pad_value=1.0)

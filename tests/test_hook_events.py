@@ -394,6 +394,9 @@ def test_the_first_conv_layers_filters_as_one_picture():
     assert torch.allclose(grid[:, 1:31, 1:31], expected)  # one tile of three channels, scaled together
     many = torch.nn.Conv2d(1, 70, 3)
     assert first_layer_filters(many)[1].shape == (3, 8 * 31 + 1, 8 * 31 + 1)  # the first 64 of 70, 8 by 8
+    assert float(grid[:, 0].min()) == 1.0 and float(grid[:, :, 31].min()) == 1.0  # white lines between the tiles
+    assert first_layer_filters(torch.nn.Conv2d(1, 2, 17))[1].shape == (3, 19, 37)  # over 16 pixels: not enlarged
+    assert first_layer_filters(torch.nn.Conv2d(1, 2, (5, 1)))[1].shape == (3, 32, 15)  # 6x, by the longer side
     assert first_layer_filters(torch.nn.Linear(2, 2)) is None
 
 

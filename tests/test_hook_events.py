@@ -473,3 +473,36 @@ def test_tensorboard_at_the_end_of_the_run(tmp_path, monkeypatch, test, png, dra
         assert step == 4 and options == {"dataformats": "HWC"} and pixels.shape == (4, 5, 3) and int(pixels.min()) == int(pixels.max()) == 200
     assert images["filters/0"][1:] == (4,) and torch.equal(images["filters/0"][0], first_layer_filters(model)[1])
     assert calls[-1][0] == "close"
+
+
+def test_the_recorders_add_their_scalars_to_tensorboard_at_the_epoch(tmp_path, monkeypatch):
+    from cnnctl import recorders
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    tensorboard = TensorBoard(tmp_path)
+    tensorboard.writer = writer = Writer()
+    gradients, activations = GradientRecorderHook(tmp_path, model, every_n_steps=1), ActivationStatsHook(tmp_path)
+    x = torch.randn(8, 2)
+    run = fake_run(model=model, hooks=[gradients, activations, tensorboard],
+                   val_loader=SimpleNamespace(batches=lambda epoch: [(x, torch.zeros(8, dtype=torch.long))]))
+    model(x).sum().backward()
+    gradients.on_before_optimizer_step(run, State(0))
+    optimizer.step()
+    gradients.on_after_optimizer_step(run, State(0))
+    gradients.on_epoch_end(run, {**ROW, "epoch": 3})
+    activations.on_epoch_end(run, {**ROW, "epoch": 3})
+    expected = recorders.tensorboard_scalars(gradient_rows=gradients.recorder.rows,
+                                             activation_rows=activations.by_epoch[3])
+    assert [args for _, args in writer.calls] == [(tag, value, 3) for tag, value in expected]
+    assert [tag.split("/")[0] for tag, _ in expected] == ["grad_norm", "update_ratio"] * 2 + ["dead_fraction"]
+    assert (tmp_path / "gradients.csv").read_text().count("\n") == 3  # the header and a row per layer
+
+    titles = {}
+    monkeypatch.setattr(recorders, "plot_gradients", lambda rows, path, title: titles.update(gradients=(path, title)))
+    monkeypatch.setattr(recorders, "plot_activations", lambda by, path, title: titles.update(activations=(path, title)))
+    gradients.on_train_end(run)
+    activations.on_train_end(run)
+    assert titles == {"gradients": (tmp_path / "gradients.png", "r: gradient flow (every 1 steps, mean per epoch)"),
+                      "activations": (tmp_path / "activations.png", "r: activations over the validation split")}

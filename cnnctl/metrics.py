@@ -23,10 +23,10 @@ def per_class_report(cm: torch.Tensor, classes: list[str]) -> list[dict]:
     tp = cm.diag()
     predicted = cm.sum(0)
     support = cm.sum(1)
-    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
-    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
-    denom = precision + recall
-    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
+    # 0 where a class is never predicted / never present / has neither: tp is 0 there, over a denominator of at least 1
+    precision = tp / predicted.clamp(min=1)
+    recall = tp / support.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
     return [
         {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
@@ -47,7 +47,6 @@ class EvalAccumulator:
     loss_sum: torch.Tensor = field(init=False)
     top5: torch.Tensor = field(init=False)
     cm: torch.Tensor = field(init=False)
-    n: int = 0
 
     def __post_init__(self) -> None:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -69,7 +68,6 @@ class EvalAccumulator:
             self._rows += len(targets)
             if self._rows >= self.flush_rows:
                 self.flush()
-        self.n += targets.numel()
 
     def flush(self) -> None:
         """Reduce the buffered batches into the sums."""

@@ -55,3 +55,23 @@ def test_the_result_is_json_with_integer_counts():
     assert all(type(c["support"]) is int for c in result["per_class"])
     assert [c["support"] for c in result["per_class"]] == [1, 3, 1]
     assert result["accuracy"] == 0.8 and result["top5"] is None
+
+
+def test_a_class_predicted_or_present_once_counts_in_full():
+    from cnnctl.metrics import per_class_report
+
+    # class 0: present once, predicted once, right; class 1: present once, predicted once, wrong; class 2: twice each
+    cm = confusion_matrix(torch.tensor([0, 2, 2, 1]), torch.tensor([0, 1, 2, 2]), 3)
+    rows = per_class_report(cm, ["a", "b", "c"])
+    assert [(r["precision"], r["recall"], r["f1"], r["support"]) for r in rows] == [
+        (1.0, 1.0, 1.0, 1), (0.0, 0.0, 0.0, 1), (0.5, 0.5, 0.5, 2)]
+    never = per_class_report(torch.tensor([[2, 0], [1, 0]]), ["x", "y"])  # y never predicted, x never wrong
+    assert [(r["precision"], r["recall"], r["f1"]) for r in never] == [(2 / 3, 1.0, 0.8), (0.0, 0.0, 0.0)]
+
+
+def test_the_loss_sum_keeps_double_precision():
+    acc = EvalAccumulator(3, torch.device("cpu"))
+    logits, targets = torch.zeros(1, 3), torch.zeros(1, dtype=torch.long)
+    acc.update(logits, targets, loss_sum=torch.tensor(1e8))  # a long evaluation's sum, then one more loss
+    acc.update(logits, targets, loss_sum=torch.tensor(1.0))
+    assert acc.result(["a", "b", "c"])["loss"] == 50_000_000.5  # a float32 sum would give 5e7

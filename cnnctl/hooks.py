@@ -249,8 +249,7 @@ class Progress(Hook):
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and (sys.stderr.isatty() or in_notebook())
         self.bar: Any = None
-        self.last = time.monotonic()
-        self.t0 = time.perf_counter()
+        self.t0 = self.last = 0.0  # set at each epoch's start
 
     def on_epoch_start(self, run: Run, state: EpochState) -> None:
         self.t0 = self.last = time.perf_counter()
@@ -270,7 +269,7 @@ class Progress(Hook):
             loss, acc, n = state.totals()  # a device sync, once a second
             self.bar.update(state.step - self.bar.n)
             self.bar.set_postfix({"loss": f"{loss:.4f}", "acc": f"{acc:.2%}", "lr": f"{run.scheduler.lr:.3g}",
-                                  "img/s": f"{n / max(now - self.t0, 1e-9):.0f}"}, refresh=False)
+                                  "img/s": f"{n / (now - self.t0):.0f}"}, refresh=False)  # >= REFRESH_SECONDS
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
         self._close()

@@ -218,7 +218,7 @@ def test_progress_checks_the_loss_at_most_once_a_second(monkeypatch):
 
 
 def test_progress_draws_a_bar_with_the_running_figures(monkeypatch):
-    clock = [0.0]
+    clock = [100.0]
     monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     progress = Progress(enabled=True)
@@ -227,7 +227,7 @@ def test_progress_draws_a_bar_with_the_running_figures(monkeypatch):
     progress.on_epoch_start(run, State(1))  # a mid-epoch resume starts the bar at its step
     bar = progress.bar
     assert (bar.total, bar.n, bar.desc, bar.unit, bar.leave) == (4, 1, "epoch 3/5", "batch", False)
-    clock[0] = 2.0
+    clock[0] = 102.0
     progress.on_step_end(run, State(3))
     assert bar.n == 3
     assert bar.postfix == "loss=0.1235, acc=50.00%, lr=0.05, img/s=320"
@@ -264,15 +264,15 @@ def test_step_checkpoints_every_n_steps_inside_an_epoch(step, saved, state_step,
 
 
 @pytest.mark.parametrize("epoch, best_epoch, stop_reason, expected", [
-    (2, 2, None, ("best.pt", "last.pt")),  # improved, and a save_every epoch
+    (4, 4, None, ("best.pt", "last.pt")),  # improved, and a save_every epoch
     (3, 2, None, None),
     (3, 3, None, ("best.pt",)),
-    (10, 2, None, ("last.pt",)),  # the last epoch
+    (10, 2, None, ("last.pt",)),  # the last epoch (of 10), not a save_every one
     (3, 2, "stopped", ("last.pt",)),
 ])
 def test_epoch_checkpoints(epoch, best_epoch, stop_reason, expected):
     run = fake_run(epoch=epoch, best=SimpleNamespace(best_epoch=best_epoch), stop_reason=stop_reason)
-    EpochCheckpoint(save_every=2).on_epoch_end(run, ROW)
+    EpochCheckpoint(save_every=4).on_epoch_end(run, ROW)
     assert run.saves == ([(expected, None)] if expected else [])
 
 
@@ -311,6 +311,23 @@ def test_an_interruption_saves_once():
     quiet = fake_run(step=8, last_saved_step=7)
     hook.on_epoch_end(quiet, ROW)
     assert quiet.saves == []
+
+
+def test_off_the_main_thread_the_signals_stay_as_they_are():
+    import threading
+
+    hook, errors = Interruption(), []
+
+    def start():
+        try:
+            hook.on_train_start(fake_run())
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    assert errors == [] and hook._previous == {}
 
 
 def test_a_signal_with_no_run_leaves_at_once(monkeypatch):

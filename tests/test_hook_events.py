@@ -180,7 +180,7 @@ def test_the_epoch_line_word_for_word():
 def test_metrics_csv_keeps_every_digit_and_leaves_missing_values_empty(tmp_path):
     history = [{**ROW, "val_loss": None, "val_acc": None, "lr": 0.1}, {**ROW, "epoch": 4, "train_loss": 1 / 3}]
     write_metrics(tmp_path, history)
-    assert (tmp_path / "metrics.csv").read_text() == (
+    assert (tmp_path / "metrics.csv").read_bytes().decode() == (  # "\n" line ends, not csv's default "\r\n"
         "epoch,train_loss,train_acc,val_loss,val_acc,lr,epoch_seconds\n"
         "3,0.12345,0.9876,,,0.1,2.5\n"
         "4,0.3333333333333333,0.9876,0.2,0.95,0.00123456,2.5\n")

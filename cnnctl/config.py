@@ -722,7 +722,7 @@ def resolve_run(config: Config | dict[str, Any] | str | Path | None = None, *, o
     if isinstance(config, Config):
         data = config.dump()
     elif isinstance(config, dict):
-        data = dict(config)  # apply_overrides copies it whole before changing anything inside
+        data = dict(config)  # only its top level (the name) changes here; apply_overrides copies what it changes
     elif config is not None:
         path = resolve_config_path(config)
         data, source, default_name = read_yaml(path), str(path), safe_run_name(path.stem)

@@ -20,6 +20,15 @@ def refused(call) -> ConfigError:
     return info.value
 
 
+def yaml_refusal(tmp_path: Path, text: str) -> str:
+    """read_yaml's refusal of a file holding ``text``, without the file's name in front (checked to be there)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    message = str(refused(lambda: read_yaml(path)))
+    assert message.startswith(f"{path}: ")
+    return message.removeprefix(f"{path}: ")
+
+
 @pytest.mark.parametrize("text, message", [
     ("a: 1\nb: 2\na: 3\n", "line 3, column 1: key 'a' is given twice (line 1 and line 3); the second would silently "
                            "replace the first: keep one"),
@@ -131,9 +140,7 @@ def test_a_wheel_keeps_its_configs_inside_the_package(tmp_path, monkeypatch):
      "(cnnctl loads YAML safely: tags such as !!python/object are refused; use plain values)"),
 ])
 def test_duplicate_keys_and_tags_are_placed_exactly(tmp_path, text, message):
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    assert str(refused(lambda: read_yaml(path))) == f"{path}: {message}"
+    assert yaml_refusal(tmp_path, text) == message
 
 
 def test_a_merge_key_may_be_overridden(tmp_path):
@@ -220,12 +227,12 @@ def _alias_bomb(where: str) -> str:
     ("x:\n  y: BOMB", "line 6, column 6", "x.y"),
     ("x:\n  - 0\n  - BOMB", "line 7, column 5", "x[1]"),
     ("x: {y: [0, {z: BOMB}]}", "line 5, column 16", "x.y[1].z"),
+    (f"{'k' * 41}: BOMB", "line 5, column 44", f"{'k' * 40}... (41 characters)"),
+    ("? [k]\n: BOMB", "line 6, column 3", "?"),  # a list as a key: no name to give
 ])
 def test_an_expanded_alias_names_the_key_that_holds_it(tmp_path, where, place, path):
-    file = tmp_path / "c.yaml"
-    file.write_text(_alias_bomb(where))
-    assert str(refused(lambda: read_yaml(file))) == (
-        f"{file}: {place}: this value ({path}) holds 111,111 values once its aliases (*name) are expanded, more than a "
+    assert yaml_refusal(tmp_path, _alias_bomb(where)) == (
+        f"{place}: this value ({path}) holds 111,111 values once its aliases (*name) are expanded, more than a "
         "config may hold (100,000 values, 4,194,304 characters); write the values out instead of nesting aliases")
 
 
@@ -236,9 +243,7 @@ def test_an_expanded_alias_names_the_key_that_holds_it(tmp_path, where, place, p
     ("a: \x7f\n", "line 1, column 4: a control character (#x007f) that YAML does not allow; remove it"),
 ])
 def test_more_yaml_problems_read_well(tmp_path, text, message):
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    assert str(refused(lambda: read_yaml(path))) == f"{path}: {message}"
+    assert yaml_refusal(tmp_path, text) == message
 
 
 def test_several_merge_keys_in_one_mapping_all_merge(tmp_path):
@@ -345,9 +350,7 @@ def test_a_dumped_config_is_plain_json_data():
     ("a: 1\nb: " + "7" * 5000 + "\n", "line 2, column 4: an integer of 5,000 digits is too long to be a config value"),
 ])
 def test_keys_given_twice_and_huge_integers(tmp_path, text, message):
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    assert str(refused(lambda: read_yaml(path))) == f"{path}: {message}"
+    assert yaml_refusal(tmp_path, text) == message
 
 
 def _saved(**sets) -> dict:
@@ -528,23 +531,9 @@ def test_the_value_and_character_limits_are_exact(tmp_path):
         "than a config may hold (100,000 values, 4,194,304 characters); write the values out instead of nesting aliases")
 
 
-@pytest.mark.parametrize("where, place, path", [
-    (f"{'k' * 41}: BOMB", "line 5, column 44", f"{'k' * 40}... (41 characters)"),
-    ("? [k]\n: BOMB", "line 6, column 3", "?"),  # a list as a key: no name to give
-])
-def test_an_expanded_alias_under_an_odd_key(tmp_path, where, place, path):
-    file = tmp_path / "c.yaml"
-    file.write_text(_alias_bomb(where))
-    assert str(refused(lambda: read_yaml(file))) == (
-        f"{file}: {place}: this value ({path}) holds 111,111 values once its aliases (*name) are expanded, more than a "
-        "config may hold (100,000 values, 4,194,304 characters); write the values out instead of nesting aliases")
-
-
 def test_a_recursive_alias_is_refused_where_it_is(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("a: 1\nb: &b [1, {c: *b}]\n")
-    assert str(refused(lambda: read_yaml(path))) == (
-        f"{path}: line 2, column 15: this alias refers to a list or mapping that contains it (a recursive structure); a "
+    assert yaml_refusal(tmp_path, "a: 1\nb: &b [1, {c: *b}]\n") == (
+        "line 2, column 15: this alias refers to a list or mapping that contains it (a recursive structure); a "
         "config is a tree: write the values out")
 
 
@@ -553,10 +542,8 @@ def test_a_recursive_alias_is_refused_where_it_is(tmp_path):
     ("\n\x01", "line 2, column 1"),  # a newline first
 ])
 def test_a_control_character_is_placed_after_any_newlines(tmp_path, text, place):
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    assert str(refused(lambda: read_yaml(path))) == (
-        f"{path}: {place}: a control character (#x0001) that YAML does not allow; remove it")
+    assert yaml_refusal(tmp_path, text) == (
+        f"{place}: a control character (#x0001) that YAML does not allow; remove it")
 
 
 def test_resolve_run_refusals_word_for_word(tmp_path):

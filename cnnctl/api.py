@@ -2,9 +2,10 @@
 
 The CLI's train/eval/predict/summary commands are thin layers over exactly these functions. Each raises the
 ``cnnctl.errors`` kinds (``ConfigError``, ``CheckpointError``, ``DataError``, ``UsageError``, ``TrainingError``,
-``WriteError``, ``Interrupted``), never ``SystemExit``, and leaves the process as it found it: no logging handlers,
-no allocator tuning, no matplotlib backend; ``train`` sets ``train.threads`` and the seeds for the run only and
-puts the caller's thread count and random state back afterwards.
+``WriteError``, ``Interrupted``), never ``SystemExit``; an argument of the wrong type is a ``UsageError`` naming it,
+before anything runs. Each leaves the process as it found it: no logging handlers, no allocator tuning, no
+matplotlib backend; ``train`` sets ``train.threads`` and the seeds for the run only and puts the caller's thread
+count and random state back afterwards.
 
 Torch is imported inside the functions, so ``import cnnctl`` stays quick and torch-free.
 """
@@ -18,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.config import Config, check_device, check_run_name, resolve_run
+from cnnctl.config import Config, check_device, check_run_name, resolve_run, short_repr
 from cnnctl.errors import UsageError
 
 if TYPE_CHECKING:
     from cnnctl.hooks import Hook
 
 PathLike = str | os.PathLike[str]
+PATH = "a path (str or os.PathLike)"
+DEVICE = "a device name (str): auto, cpu, cuda, cuda:N or mps"
 ConfigLike = Config | Mapping[str, Any] | PathLike
 
 __all__ = ["RunResult", "Summary", "evaluate", "load_config", "predict", "summary", "train"]
@@ -55,36 +58,66 @@ class Summary(dict):
     text: str = ""
 
 
-def _path(value: PathLike | None) -> str | None:
-    return None if value is None else os.fspath(value)
+def _arg(name: str, value: Any, kinds: tuple[type, ...], what: str) -> Any:
+    """``value`` when it is one of ``kinds``, else a UsageError naming the argument and what it takes: the API's one
+    type check, made before anything runs, so a wrong type is a sentence, not a TypeError from deep inside (or, for
+    ``out=b"runs"``, a folder named ``b'runs'``). A bool is not taken for an int: ``topk=True`` is a slip, not 1."""
+    if isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)):
+        return value
+    raise UsageError(f"{name} must be {what}, not {type(value).__name__} {short_repr(value)}")
+
+
+def _path(name: str, value: PathLike | None) -> str | None:
+    """An optional path argument as a str (an ``os.PathLike`` may give bytes: refused like bytes themselves)."""
+    if value is None:
+        return None
+    return _arg(name, os.fspath(_arg(name, value, (str, os.PathLike), PATH)), (str,), PATH)
+
+
+def _paths(name: str, items: PathLike | Sequence[PathLike]) -> list[str]:
+    """One path or a list of them, as strings (a str is one path, not a sequence of characters)."""
+    if isinstance(items, (str, os.PathLike)):
+        items = [items]
+    many = _arg(name, items, (list, tuple), f"{PATH} or a list of paths")
+    if not many:
+        raise UsageError(f"{name}: give at least one path")
+    return [_path(f"{name}[{i}]", item) for i, item in enumerate(many)]
+
+
+def _overrides(overrides: Sequence[str] | None) -> list[str]:
+    """``--set`` items as a list of str. A single str is refused, not taken as one override: whatever iterates it
+    sees one-letter items (``load_config(cfg, "train.epochs=3")`` once said ``--set 't': no '='``), and
+    ``"a=1 b=2"`` may as well mean two overrides as one; a list says which."""
+    if overrides is None:
+        return []
+    one = f" (one override is a list of one: [{short_repr(overrides)}])" if isinstance(overrides, str) else ""
+    items = _arg("overrides", overrides, (list, tuple), "a list of KEY=VALUE strings" + one)
+    return [_arg(f"overrides[{i}]", item, (str,), "a KEY=VALUE string") for i, item in enumerate(items)]
+
+
+def _hooks(hooks: Sequence[Hook]) -> list[Hook]:
+    from cnnctl.hooks import Hook
+
+    items = _arg("hooks", hooks, (list, tuple), "a list of cnnctl.hooks.Hook objects")
+    return [_arg(f"hooks[{i}]", hook, (Hook,), "a cnnctl.hooks.Hook (subclass it, override the events you need)")
+            for i, hook in enumerate(items)]
 
 
 def _config_source(config: ConfigLike | None) -> Config | dict[str, Any] | str | None:
+    what = "a path, a bundled config name, a dict or a cnnctl Config"
+    config = _arg("config", config, (Config, Mapping, str, os.PathLike, type(None)), what)
     if config is None or isinstance(config, Config):
         return config
     if isinstance(config, Mapping):
         return dict(config)
-    if isinstance(config, (str, os.PathLike)):
-        return os.fspath(config)
-    raise UsageError(f"config must be a path, a bundled config name, a dict or a cnnctl Config, not "
-                     f"{type(config).__name__}")
-
-
-def _paths(items: PathLike | Sequence[PathLike], what: str) -> list[str]:
-    """One path or several, as strings (a str is one path, not a sequence of characters)."""
-    many = [items] if isinstance(items, (str, os.PathLike)) else list(items)
-    if not many:
-        raise UsageError(f"give at least one {what}")
-    for item in many:
-        if not isinstance(item, (str, os.PathLike)):
-            raise UsageError(f"each {what} must be a path, not {type(item).__name__}")
-    return [os.fspath(p) for p in many]
+    return _path("config", config)
 
 
 def load_config(config: ConfigLike, overrides: Sequence[str] | None = None) -> Config:
     """A validated ``Config`` from a YAML path, a bundled config name (``"lenet5-digits"``), a dict or a Config,
-    with ``overrides`` (``["optimizer.lr=0.05"]``, values parsed as YAML) applied. ConfigError when it is wrong."""
-    return resolve_run(_config_source(config), overrides=list(overrides or [])).config
+    with ``overrides`` (a list such as ``["optimizer.lr=0.05"]``, values parsed as YAML; a single str is refused:
+    pass a list of one) applied. ConfigError when it is wrong, UsageError for an argument of the wrong type."""
+    return resolve_run(_config_source(config), overrides=_overrides(overrides)).config
 
 
 @contextlib.contextmanager
@@ -122,12 +155,13 @@ def train(config: ConfigLike | None = None, *, overrides: Sequence[str] | None =
     from cnnctl.plots import read_metrics
     from cnnctl.run import resolve, train_resolved
 
-    if name is not None:
+    source, sets, hooks = _config_source(config), _overrides(overrides), _hooks(hooks)
+    out, resume = _path("out", out), _path("resume", resume)
+    if _arg("name", name, (str, type(None)), "a run name (str)") is not None:
         check_run_name(name, "name")
-    if device is not None:
+    if _arg("device", device, (str, type(None)), DEVICE) is not None:
         check_device(device, "device")
-    resolved = resolve(_config_source(config), overrides=overrides, name=name, out=_path(out),
-                       resume=_path(resume))
+    resolved = resolve(source, overrides=sets, name=name, out=out, resume=resume)
     with _run_scope(resolved.config.train.threads):
         summary = train_resolved(resolved, device=device, hooks=hooks)
     run_dir = Path(summary["run_dir"])
@@ -154,11 +188,12 @@ def evaluate(checkpoints: PathLike | Sequence[PathLike], *, split: str = "test",
     """
     from cnnctl.inference import evaluate_checkpoints
 
+    paths = _paths("checkpoints", checkpoints)
     if split not in ("test", "val"):
-        raise UsageError(f"split must be 'test' or 'val', not {split!r}")
-    check_device(device, "device")
-    return evaluate_checkpoints(_paths(checkpoints, "checkpoint"), split=split, data_root=_path(data_root),
-                                device=device, plots=_path(plots))
+        raise UsageError(f"split must be 'test' or 'val', not {short_repr(split)}")
+    check_device(_arg("device", device, (str,), DEVICE), "device")
+    return evaluate_checkpoints(paths, split=split, data_root=_path("data_root", data_root), device=device,
+                                plots=_path("plots", plots))
 
 
 def predict(images: PathLike | Sequence[PathLike], checkpoint: PathLike | None = None, *, topk: int = 5,
@@ -174,15 +209,21 @@ def predict(images: PathLike | Sequence[PathLike], checkpoint: PathLike | None =
     """
     from cnnctl.predict import predict as predict_images
 
-    check_device(device, "device")
-    return predict_images(_paths(images, "image"), _path(checkpoint), topk=topk, device=device, explain=explain,
-                          label=label, labels_from_folders=labels_from_folders)
+    paths, model = _paths("images", images), _path("checkpoint", checkpoint)
+    _arg("topk", topk, (int,), "an int (how many classes to show)")
+    check_device(_arg("device", device, (str,), DEVICE), "device")
+    _arg("explain", explain, (bool,), "True or False")
+    _arg("label", label, (str, type(None)), "a class name (str) or None")
+    _arg("labels_from_folders", labels_from_folders, (bool,), "True or False")
+    return predict_images(paths, model, topk=topk, device=device, explain=explain, label=label,
+                          labels_from_folders=labels_from_folders)
 
 
 def summary(config: ConfigLike, *, overrides: Sequence[str] | None = None, explain: bool = False) -> Summary:
     """The network a config builds, on its data's input shape: ``cnnctl summary --json``'s document (layers with
     output shapes, parameters and multiply-adds, totals, depth); with ``explain``, per-layer size arithmetic,
     receptive fields and parameter formulas too. ``.text`` is the table ``cnnctl summary`` prints."""
+    _arg("explain", explain, (bool,), "True or False")
     cfg = load_config(config, overrides)  # first: a bad config is reported without importing torch
     from cnnctl.models.summary import network_summary
 

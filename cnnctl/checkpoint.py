@@ -146,11 +146,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if problem:
         raise CheckpointError(f"{problem}; the checkpoint was edited or damaged, use one written by `cnnctl train`",
                               file=str(path), key="input")
+    problem = weights_problem(data["model"])
+    if problem:
+        raise CheckpointError(problem, file=str(path), key="model")
     return data
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# The largest side an input may have: data.image_size's bound in cnnctl/config.py. A 40000x40000 size in an exported
+# file's metadata made predict allocate 6.4 GB per image.
+MAX_SIDE = 4096
 
 
 def input_problem(spec: Any) -> str | None:
@@ -169,6 +177,8 @@ def input_problem(spec: Any) -> str | None:
     if (not isinstance(size, (list, tuple)) or len(size) != 2
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)):
         return f"size must be [height, width] of positive integers, got {str(size)[:40]!r}"
+    if max(size) > MAX_SIDE:
+        return f"size {list(size)} is larger than {MAX_SIDE} pixels a side, the most data.image_size allows"
     for key in ("mean", "std"):
         values = spec[key]
         if (not isinstance(values, (list, tuple)) or len(values) != channels
@@ -176,6 +186,36 @@ def input_problem(spec: Any) -> str | None:
             return f"{key} must be {channels} finite number(s), one per channel, got {str(values)[:60]!r}"
     if any(v <= 0 for v in spec["std"]):
         return f"std must be positive (images are divided by it), got {list(spec['std'])}"
+    return None
+
+
+def weights_problem(state: Any) -> str | None:
+    """What is wrong with a checkpoint's ``model`` weights, or None: they must be tensors by name, and every
+    floating-point one finite.
+
+    A NaN or infinite weight makes every output NaN, and eval reported "loss nan accuracy 10.03%" (the argmax of NaN
+    logits is class 0) with exit 0. Training checks its losses before each save and stops on a non-finite one, so a
+    diverged run's last.pt holds the last finite weights; only a step whose finite loss overflowed the weights
+    could save non-finite ones.
+    """
+    import torch
+
+    if not isinstance(state, dict):
+        return f"expected a mapping of weight names to tensors, got {type(state).__name__}"
+    for name, tensor in state.items():
+        shown = repr(str(name)[:80])
+        if not isinstance(tensor, torch.Tensor):
+            return f"weight {shown} is a {type(tensor).__name__}, not a tensor; the checkpoint was edited or damaged"
+        if tensor.is_floating_point():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                nan = int(torch.isnan(tensor).sum())
+                kinds = " and ".join(k for k, n in (("NaN", nan), ("infinite", int((~finite).sum()) - nan)) if n)
+                return (f"weight {shown} holds {int((~finite).sum()):,} {kinds} value(s) of {tensor.numel():,}: a "
+                        "network with non-finite weights outputs NaN for every image. Training stops before it saves "
+                        "once its loss turns non-finite, so the file was edited or damaged, or its run diverged in the "
+                        "very step it was saved: use another checkpoint of the run (best.pt), or train again with a "
+                        "lower optimizer.lr or train.grad_clip")
     return None
 
 
@@ -197,6 +237,14 @@ def load_model_state(model: Any, state: dict[str, Any], source: str) -> None:
                          f"{list(own[k].shape)} in the network)")
         raise CheckpointError("its weights do not match the network its config describes: " + "; ".join(parts)
                               + ". Was the config edited? Use the checkpoint written with it", file=source)
+    # load_state_dict would cast integer weights to float without a word
+    retyped = [k for k in own if own[k].is_floating_point() and not state[k].is_floating_point()]
+    if retyped:
+        k = retyped[0]
+        raise CheckpointError(f"weight {k!r} holds {str(state[k].dtype).removeprefix('torch.')} values where the "
+                              f"network has {str(own[k].dtype).removeprefix('torch.')} ({len(retyped)} such weight(s)); "
+                              "the checkpoint was edited or damaged, use one written by `cnnctl train`",
+                              file=source, key="model")
     model.load_state_dict(state, strict=True)
 
 

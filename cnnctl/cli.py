@@ -198,6 +198,33 @@ def summary(
 
 @app.command()
 @handle_errors
+def step(
+    config: Annotated[str, typer.Argument(metavar="CONFIG|CKPT", help="A config (file or bundled name: its seeded "
+                                          "initial network) or a checkpoint / run directory (its last.pt).")],
+    image: Annotated[str | None, typer.Option("--image", help="An image file, read as predict reads it (default: "
+                                              "the dataset's first training sample).")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="The image's true class: a name or an index.")] = None,
+    param: Annotated[str | None, typer.Option("--param", metavar="LAYER.weight[I,J]", help="The weight to work the "
+                                              "chain rule down to (default: the last linear layer's weight from "
+                                              "hidden unit 0 to the true class).")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="Optimizer steps on the same image; the "
+                                       "state after them shows momentum and Adam's moments.")] = 1,
+    set_: SetOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """One training step worked by hand: forward, softmax and loss, the chain rule down to one weight beside
+    autograd's gradient, and the optimizer's update beside torch's step."""
+    from cnnctl.insight.step import format_step, run_step
+
+    result = run_step(config, image=image, label=label, param=param, steps=steps, overrides=set_)
+    if json_:
+        _print_json(result)
+    else:
+        typer.echo(format_step(result))
+
+
+@app.command()
+@handle_errors
 def configs() -> None:
     """List the bundled configs, one line each."""
     from cnnctl.config import bundled_configs, read_yaml
@@ -233,9 +260,9 @@ def plot(
 def lr_find(
     config: Annotated[str, typer.Argument(help="A YAML config file or a bundled config name.")],
     set_: SetOption = None,
-    start: Annotated[float, typer.Option("--start", help="First learning rate.")] = 1e-7,
-    end: Annotated[float, typer.Option("--end", help="Last learning rate.")] = 10.0,
-    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps from --start to --end.")] = 200,
+    start: Annotated[float, typer.Option("--start", help="First learning rate (1e-12 to 1000).")] = 1e-7,
+    end: Annotated[float, typer.Option("--end", help="Last learning rate, above --start (at most 1000).")] = 10.0,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps from --start to --end (20 to 10,000).")] = 200,
     out: Annotated[str | None, typer.Option("--out", help="Folder for lr-find-NAME/ (default: the config's out).")] = None,
     device: DeviceOption = None,
 ) -> None:
@@ -247,6 +274,33 @@ def lr_find(
     _configure(threads=load_config(config, set_)[0].train.threads)
     result = lr_find_command(config, set_, start=start, end=end, steps=steps, out=out, device=device)
     typer.echo(format_result(result))
+
+
+@app.command()
+@handle_errors
+def optimizers(
+    surface: Annotated[list[str] | None, typer.Option("--surface", help="rosenbrock, saddle, ravine or "
+                                                      "styblinski-tang (repeatable; default: all).")] = None,
+    optimizer: Annotated[list[str] | None, typer.Option("--optimizer", help="A registry optimizer (repeatable; "
+                                                        "default: all).")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps per path, 1 to 10000.")] = 1000,
+    set_: SetOption = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for optimizer-paths.png and one "
+                                         "optimizer-paths-SURFACE.gif per surface.")] = Path("optimizer-paths"),
+    explain: Annotated[bool, typer.Option("--explain", help="Print each optimizer's update rule, which config key "
+                                          "is which symbol, and what the study notes say of it.")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Every optimizer of the registry, built from the optimizer config keys as training builds it, descending
+    2-D test surfaces: paths over the contours (PNG), an animation (GIF) and a table of where each ends."""
+    from cnnctl.insight.surfaces import format_report, optimizers_on_surfaces
+
+    result = optimizers_on_surfaces(surface or (), optimizer or (), steps=steps, overrides=set_ or (), out=output,
+                                    explain=explain)
+    if json_:
+        _print_json(result)
+    else:
+        typer.echo(format_report(result))
 
 
 @app.command()

@@ -15,20 +15,24 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 RUN_MARKER = "config.yaml"  # training writes it first: a folder holding it is a run directory
+# A Tab opens at most this many single folders in a row (a chain of 600 would otherwise be walked whole); the next
+# Tab goes on from there.
+MAX_OPENED = 20
 
 
 def _entries(incomplete: str, keep: typing.Callable[[Path], bool], leaf: typing.Callable[[Path], bool]) -> list[str]:
     """Paths that start with ``incomplete``: folders with a trailing ``/`` (to go on into), and the files ``keep``
     accepts and the folders ``leaf`` accepts as they are (a run directory is an answer, not only a way through)."""
     head, slash, prefix = incomplete.rpartition("/")
-    folder = Path(head + slash) if slash else Path(".")
     try:
-        children = sorted(folder.iterdir())
+        children = sorted(_folder_of(incomplete).iterdir())
     except OSError:
         return []
     found = []
     for child in children:
         if not child.name.startswith(prefix) or (child.name.startswith(".") and not prefix.startswith(".")):
+            continue
+        if "\n" in child.name:  # the shell reads one candidate per line: such a name would become two
             continue
         text = head + slash + child.name
         try:
@@ -41,11 +45,36 @@ def _entries(incomplete: str, keep: typing.Callable[[Path], bool], leaf: typing.
     return found
 
 
-def _descend(found: list[str], more: typing.Callable[[str], list[str]]) -> list[str]:
-    """A single folder is opened at once: the shell would otherwise end the word after it with a space."""
-    if len(found) == 1 and found[0].endswith("/"):
-        return more(found[0]) or found
+def _descend(incomplete: str, entries: typing.Callable[[str], list[str]]) -> list[str]:
+    """``entries(incomplete)``, where a single folder is opened at once (the shell would otherwise end the word
+    after it with a space), and so on down a chain of single folders: at most ``MAX_OPENED`` of them, and never one
+    already opened (a symlink to ``.`` or a parent would loop)."""
+    found = entries(incomplete)
+    opened = {_identity(_folder_of(incomplete))}
+    for _ in range(MAX_OPENED):
+        if len(found) != 1 or not found[0].endswith("/"):
+            break
+        folder = _identity(Path(found[0]))
+        if folder is None or folder in opened:
+            break
+        opened.add(folder)
+        found = entries(found[0]) or found
     return found
+
+
+def _folder_of(incomplete: str) -> Path:
+    """The folder whose entries complete ``incomplete``: what comes before its last ``/``."""
+    head, slash, _ = incomplete.rpartition("/")
+    return Path(head + slash) if slash else Path(".")
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``folder``, whatever symlinks lead to it; None when it cannot be looked at."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def is_run_dir(path: Path) -> bool:
@@ -53,8 +82,7 @@ def is_run_dir(path: Path) -> bool:
 
 
 def _yaml_paths(incomplete: str) -> list[str]:
-    found = _entries(incomplete, lambda p: p.suffix in (".yaml", ".yml"), lambda p: False)
-    return _descend(found, _yaml_paths)
+    return _descend(incomplete, lambda text: _entries(text, lambda p: p.suffix in (".yaml", ".yml"), lambda p: False))
 
 
 def config_names(incomplete: str) -> list[str]:
@@ -73,14 +101,18 @@ def space_names(incomplete: str) -> list[str]:
 
 def run_dirs(incomplete: str) -> list[str]:
     """Run directories (complete as they are) and the folders that lead to them."""
-    return _descend(_entries(incomplete, lambda p: False, is_run_dir), run_dirs)
+    return _descend(incomplete, lambda text: _entries(text, lambda p: False, is_run_dir))
 
 
 def checkpoints(incomplete: str) -> list[str]:
     """Run directories, and checkpoint files (``.pt``, ``.onnx``) inside any folder (a run's ``best.pt`` too)."""
+    return _descend(incomplete, _checkpoint_entries)
+
+
+def _checkpoint_entries(incomplete: str) -> list[str]:
     found = _entries(incomplete, lambda p: p.suffix in (".pt", ".onnx"), lambda p: False)
     runs = {f.rstrip("/") for f in found if f.endswith("/") and is_run_dir(Path(f))}
-    return _descend(sorted(found + sorted(runs)), checkpoints)
+    return sorted(found + sorted(runs))
 
 
 def devices(incomplete: str) -> list[str]:

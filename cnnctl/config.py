@@ -9,6 +9,8 @@ import importlib.resources
 import math
 import re
 import reprlib
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +87,8 @@ class DataConfig(Section):
     # auto: memory when it fits (cnnctl/data/cache.py). cache_dir: where disk keeps it (default ROOT/.cnnctl-cache).
     cache: Literal["auto", "memory", "disk", "none"] = "auto"
     cache_dir: str | None = None
+    # disk: key the cache by each file's contents (read and hashed every run) instead of its size and mtime.
+    cache_verify: bool = False
 
     @field_validator("dataset")
     @classmethod
@@ -109,6 +113,9 @@ class DataConfig(Section):
         if self.cache_dir is not None and self.cache != "disk":
             raise ValueError(f"cache_dir is where cache: disk keeps decoded images, but cache is {self.cache}; set "
                              "cache: disk or remove cache_dir")
+        if self.cache_verify and self.cache != "disk":
+            raise ValueError(f"cache_verify checks the files of a cache: disk against their contents, but cache is "
+                             f"{self.cache}; set cache: disk or remove cache_verify")
         return self
 
 
@@ -568,23 +575,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that holds the key at ``loc`` (for 'did you mean' on unknown keys)."""
-    model: type[BaseModel] | None = Config
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return None
-    return model
-
-
 MAX_MESSAGE = 1000  # characters of one problem's message; a validator that echoes a huge value is cut here
 
 
@@ -602,13 +592,128 @@ def _override_origin(dotted: str, source: str, overrides: dict[str, str]) -> str
     return source
 
 
-def _key_path(error: Any) -> tuple[Any, ...]:
-    """A pydantic error's path of keys and list positions, without pydantic's tags of union members
-    (``literal['auto','none']``, ``function-after[...]``); an unknown key, the last part, is the user's own text and
-    kept whatever it holds."""
-    loc = tuple(error["loc"])
-    own = loc[-1:] if error["type"] == "extra_forbidden" else ()
-    return tuple(p for p in loc[:len(loc) - len(own)] if not (isinstance(p, str) and "[" in p)) + own
+def _kinds(annotation: Any) -> list[Any]:
+    """The kinds of value an annotation allows, without ``Annotated`` metadata and None: ``[X]`` for ``X | None``
+    (an optional value is no union in pydantic's errors), ``[Literal['auto'], int]`` for ``'auto' | int``."""
+    if typing.get_origin(annotation) is Annotated:
+        return _kinds(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [kind for member in typing.get_args(annotation) if member is not type(None) for kind in _kinds(member)]
+    return [annotation]
+
+
+def _is_model(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, BaseModel)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The section (pydantic model) a value of ``annotation`` is, if it is one: ``EarlyStoppingConfig | None`` too."""
+    kinds = _kinds(annotation)
+    return kinds[0] if len(kinds) == 1 and _is_model(kinds[0]) else None
+
+
+def _inside(annotation: Any, part: Any) -> Any:
+    """The annotation of ``part`` (a key or a list position) inside a value of ``annotation``; None where unknown."""
+    model = _model_of(annotation)
+    if model is not None:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        return field.annotation if field else None
+    kind = _kinds(annotation)[0]
+    args = typing.get_args(kind)
+    if isinstance(part, int) and typing.get_origin(kind) is list:
+        return args[0]
+    if isinstance(part, int) and typing.get_origin(kind) is tuple and part < len(args):
+        return args[part]
+    return None
+
+
+def _member(tag: str, kinds: list[Any]) -> Any:
+    """The union member that pydantic's ``tag`` names: a model by its class name (``Normalize``,
+    ``function-after[_same_length(), Normalize]``), a Literal by ``literal[...]``, else the one other member
+    (``constrained-int``, ``bool``)."""
+    for kind in kinds:
+        if _is_model(kind) and re.search(rf"\b{kind.__name__}\b", tag):
+            return kind
+        if typing.get_origin(kind) is Literal and tag.startswith("literal["):
+            return kind
+    others = [k for k in kinds if not _is_model(k) and typing.get_origin(k) is not Literal]
+    return others[0] if len(others) == 1 else None
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """One pydantic error, placed in the config's schema by walking its ``loc`` along the annotations."""
+
+    error: dict[str, Any]
+    keys: tuple[Any, ...]  # the user's path: keys and list positions, pydantic's tags of union members left out
+    holder: Any  # the annotation of the value holding the last key (the model of an unknown key)
+    at: Any  # the annotation at the error's place (the member's, in a union); None where the schema says nothing
+    union: tuple[Any, ...] | None = None  # ``loc`` up to the innermost union member's tag, when inside one
+
+    @classmethod
+    def place(cls, error: dict[str, Any]) -> _Problem:
+        loc = tuple(error["loc"])
+        keys: list[Any] = []
+        holder, at, union = None, Config, None
+        for i, part in enumerate(loc):
+            kinds = _kinds(at)
+            if len(kinds) > 1 and isinstance(part, str):  # pydantic names the member it tried: a tag, not a key
+                union, at = loc[:i + 1], _member(part, kinds)
+                continue
+            keys.append(part)
+            holder, at = at, _inside(at, part)
+        return cls(error, tuple(keys), holder, at, union)
+
+    def took_the_value(self) -> bool:
+        """Whether this union member accepted the kind of value given (a mapping for a model, a number for an int,
+        a string for a Literal of strings), so that its problem is about the value's content, not its type."""
+        err = self.error
+        if len(err["loc"]) > len(self.union or ()):
+            return True  # a problem inside the value: the member took its shape
+        if err["type"] == "literal_error":
+            words = typing.get_args(self.at) if typing.get_origin(self.at) is Literal else ()
+            return any(type(word) is type(err.get("input")) for word in words)
+        return not err["type"].endswith(("_type", "_parsing"))
+
+    def message(self) -> str:
+        """The problem in words, without the value."""
+        kind = self.error["type"]
+        if kind == "extra_forbidden":
+            holder = _model_of(self.holder)
+            valid = list(holder.model_fields) if holder else []
+            hint = closest(str(self.keys[-1]), valid)
+            return ("unknown key" + (f"; did you mean {hint!r}?" if hint else ".")
+                    + (f" Valid keys: {', '.join(valid)}" if valid else ""))
+        if kind == "missing":
+            return "required key is missing"
+        model = _model_of(self.at)
+        if kind == "model_type" and model:  # not "a valid dictionary or instance of Normalize": a user writes a mapping
+            return f"Input should be a mapping of {', '.join(model.model_fields)}"
+        return self.error["msg"].removeprefix("Value error, ")
+
+
+def _reported(problems: list[_Problem]) -> list[_Problem]:
+    """The problems worth a line. Of a union's members (``'auto' | int``, ``'auto' | 'none' | {mean, std}``), only
+    the one that took the kind of value given: ``threads: 0`` is "greater than or equal to 1", not "should be 'auto'";
+    ``normalize: {std: [0]}`` is about std. When no member took it, one line says what each would take."""
+    unions: dict[tuple[Any, ...], list[_Problem]] = {}
+    for p in problems:
+        if p.union is not None:
+            unions.setdefault(p.union[:-1], []).append(p)
+    reported: list[_Problem] = []
+    for p in problems:
+        if p.union is None:
+            reported.append(p)
+            continue
+        members = unions.pop(p.union[:-1], [])  # empty: this union was reported with its first member
+        took = {m.union for m in members if m.took_the_value()}
+        if took:
+            reported += [m for m in members if m.union in took]
+        elif members:
+            words = [m.message().removeprefix("Input should be ") for m in members]
+            merged = {**p.error, "type": "union", "msg": "Input should be " + ", or ".join(words)}
+            reported.append(_Problem(merged, p.keys, p.holder, p.at))
+    return reported
 
 
 def format_validation_error(error: ValidationError, source: str, overrides: list[str]) -> str:
@@ -617,21 +722,14 @@ def format_validation_error(error: ValidationError, source: str, overrides: list
     Values are echoed cut short (``short_repr``): a huge or alias-expanded value never becomes a huge message."""
     override_keys = {".".join(parse_override(o)[0]): o for o in overrides}
     lines = []
-    for err in error.errors():
-        loc = _key_path(err)
-        parts = [f"[{p}]" if isinstance(p, int) else _cut(str(p), 40) for p in loc]
+    for problem in _reported([_Problem.place(e) for e in error.errors()]):
+        err = problem.error
+        parts = [f"[{p}]" if isinstance(p, int) else _cut(str(p), 40) for p in problem.keys]
         dotted = ".".join(parts).replace(".[", "[")
         origin = _override_origin(dotted, source, override_keys)
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            model = _model_at(loc)
-            valid = list(model.model_fields) if model else []
-            hint = closest(parts[-1], valid)
-            msg = "unknown key" + (f"; did you mean {hint!r}?" if hint else ".") + (f" Valid keys: {', '.join(valid)}" if valid else "")
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif "input" in err and err["type"] != "value_error":  # cnnctl's own messages show the value where it helps
-            msg += f" (got {short_repr(err['input'])})"
+        msg = problem.message()
+        if "input" in err and err["type"] not in ("extra_forbidden", "missing", "value_error"):
+            msg += f" (got {short_repr(err['input'])})"  # cnnctl's own messages show the value where it helps
         if len(msg) > MAX_MESSAGE:
             msg = msg[:MAX_MESSAGE] + f"... ({len(msg):,} characters)"
         lines.append(f"{origin}: {dotted}: {msg}" if dotted else f"{origin}: {msg}")
@@ -682,7 +780,7 @@ RESUME_ALLOWED = (
     "train.record_gradients_every", "train.record_activations",
     "train.early_stopping.patience", "train.early_stopping.min_delta", "train.early_stopping.restore_best",
     "train.checkpoint.save_every", "train.checkpoint.save_every_steps", "data.root", "data.download", "data.workers",
-    "data.eval_batch_size", "data.cache", "data.cache_dir",
+    "data.eval_batch_size", "data.cache", "data.cache_dir", "data.cache_verify",
 )
 
 
@@ -708,8 +806,9 @@ def resolve_run(config: Config | dict[str, Any] | str | Path | None = None, *, o
     The base is ``config`` (a Config, a plain dict, a file or a bundled config name) or, on resume, the checkpoint's
     config (``checkpoint``, loaded from ``resume_from``). ``--name`` and ``--out`` are overrides of ``name`` and
     ``out`` like any other. The run name is the given one, else the config's, else (a fresh run from a file) the
-    file's stem; a resumed run keeps its name unless one is given. On resume every changed key must be one of
-    ``RESUME_ALLOWED``. Torch-free.
+    file's stem. A resumed run stays where it is: it keeps its name and out (a config file's do not move it), and a
+    ``--name`` / ``--out`` (or ``--set``) naming another place is refused (``_check_stays``). On resume every changed
+    key must be one of ``RESUME_ALLOWED``. Torch-free.
     """
     overrides = list(overrides)
     extra = [f"{key}={_yaml_scalar(value)}" for key, value in (("name", name), ("out", out)) if value is not None]
@@ -731,15 +830,17 @@ def resolve_run(config: Config | dict[str, Any] | str | Path | None = None, *, o
     else:
         raise UsageError("give a CONFIG (a file or a bundled config name; `cnnctl configs` lists them) or --resume RUN")
     if saved is not None:
-        # a resumed run keeps its name; one saved before run names were checked is made safe, not refused
+        # a resumed run keeps its name and out; a name saved before run names were checked is made safe, not refused
         saved = {**saved, "name": safe_run_name(str(saved.get("name") or "run"))}
-        data["name"] = saved["name"]
+        data.update(name=saved["name"], out=saved.get("out", Config.model_fields["out"].default))
     data = apply_overrides(data, overrides + extra)
     if data.get("name") is None:
         data["name"] = default_name
     resolved = validate_config(data, source, overrides + extra)
     if saved is not None:
-        _check_resume(validate_config(saved, str(resume_from)), resolved)
+        before = validate_config(saved, str(resume_from))
+        _check_stays(before, resolved, Path(resume_from).parent, {"name": name, "out": out}, overrides)
+        _check_resume(before, resolved)
     return ResolvedRun(resolved, resume_from if saved is not None else None, checkpoint, tuple(overrides))
 
 
@@ -748,6 +849,31 @@ def _yaml_scalar(value: str) -> str:
     import json
 
     return json.dumps(str(value))
+
+
+def _check_stays(saved: Config, new: Config, run_dir: Path, flags: dict[str, str | None],
+                 overrides: list[str]) -> None:
+    """Refuse a resume told to put the run elsewhere: ``--resume`` continues RUN_DIR where it is, so a new name or
+    out would only make its config.yaml name a folder the run is not in. The run's own name or out (the saved one,
+    or the folder it is in now, e.g. after it was moved) is accepted. ``flags``: the --name and --out given."""
+    for key, here in (("name", run_dir.name), ("out", run_dir.parent)):
+        value = getattr(new, key)
+        if value == getattr(saved, key) or (value == here if key == "name" else _same_folder(value, here)):
+            continue
+        # resolve_run keeps the saved name and out, so only --name/--out or a --set (the last one wins) changed it
+        flag = flags[key]
+        shown = (f"--{key} {_cut(flag)}" if flag is not None
+                 else f"--set {_cut([o for o in overrides if parse_override(o)[0] == [key]][-1])}")
+        raise UsageError(f"{shown}: a resumed run stays in {run_dir} (--resume continues a run where it is; it does "
+                         f"not move or rename it). Leave it out, or give the run's own {key} ({here}); to move a run, "
+                         "move its folder and resume it there")
+
+
+def _same_folder(path: str, folder: Path) -> bool:
+    try:
+        return Path(path).resolve() == folder.resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop: not the folder the run is in
+        return False
 
 
 def _check_resume(saved: Config, new: Config) -> None:

@@ -75,15 +75,16 @@ class ExportError(CnnctlError):
 
 
 class Interrupted(CnnctlError):
-    """Training stopped on a signal after saving ``last.pt``; ``exit_code`` is 128 + the signal number."""
+    """Training stopped on a signal after saving ``last.pt`` (or ``cnnctl tune`` after saving its study: ``saved``
+    says what was kept); ``exit_code`` is 128 + the signal number."""
 
-    def __init__(self, signum: int, resume_command: str | None = None) -> None:
+    def __init__(self, signum: int, resume_command: str | None = None, *, saved: str = "last.pt saved") -> None:
         self.signum = signum
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
         message = f"interrupted by {name}"
         if resume_command:
-            message += f"; last.pt saved. Resume with:\n  {resume_command}"
+            message += f"; {saved}. Resume with:\n  {resume_command}"
         super().__init__(message)
 
 

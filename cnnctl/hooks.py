@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.config import is_finite_number
-from cnnctl.errors import ConfigError, UsageError
+from cnnctl.errors import ConfigError, UsageError, WriteError
+from cnnctl.io import check_writable, writing
 
 if TYPE_CHECKING:
     from cnnctl.engine import EpochState
@@ -332,13 +333,26 @@ class TensorBoard(Hook):
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
+        self.folder = run_dir / "tensorboard"
         self.writer: Any = None
         require_tensorboard()  # the install hint before anything is written
+
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        return writing(self.folder, note="train.tensorboard: true writes its event files there; make it a writable "
+                                         "folder or set train.tensorboard: false")
 
     def _open(self) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        with self._writing():
+            if self.folder.exists() and not self.folder.is_dir():
+                raise WriteError(str(self.folder), "it is a file, not a folder", note="move the file away or set "
+                                 "train.tensorboard: false")
+            self.folder.mkdir(exist_ok=True)
+            # The writer's own thread opens the event file: probed here, a failure is this run's error, not a
+            # traceback from that thread.
+            check_writable(self.folder)
+            return SummaryWriter(log_dir=str(self.folder))
 
     def on_train_start(self, run: Run) -> None:
         self.writer = self._open()
@@ -350,12 +364,14 @@ class TensorBoard(Hook):
                 self.writer.add_scalar(key.replace("_", "/"), row[key], epoch)  # train/loss, ..., lr
         for name, param in run.model.named_parameters():
             self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), epoch)
-        self.writer.flush()
+        with self._writing():  # a failed write of the writer's thread (a full disk) is raised here
+            self.writer.flush()
 
     def on_train_end(self, run: Run) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            with self._writing():
+                writer.close()
 
     def on_run_end(self, run: Run, summary: dict[str, Any]) -> None:
         # A writer of its own (a second event file in the same folder, one TensorBoard run): the loop's writer is
@@ -377,7 +393,8 @@ class TensorBoard(Hook):
             if filters is not None:
                 writer.add_image("filters/" + filters[0], filters[1], run.epoch)
         finally:
-            writer.close()
+            with self._writing():
+                writer.close()
 
 
 def hparam_values(config: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,12 @@ BETA = 0.98  # fastai's smoothing
 SKIP_BEGIN = 10  # Lightning's: the first steps' slope says more about the start-up than about the lr
 SUGGESTION_RULE = "min/10"
 COLUMNS = ["step", "lr", "loss", "smoothed_loss"]
+# --start and --end: up to 1000, where the suggestion (a tenth of an lr the test reached) stays within
+# optimizer.lr's own limit, 100; from 1e-12, below which a step moves no float32 weight (a gradient of 1 times
+# 1e-12 is 10^5 times under a weight of 1's rounding, 1.2e-7), far from the denormals (a --start of 1e-320 made
+# the per-step factor infinite).
+LR_LIMITS = (1e-12, 1000.0)
+MAX_STEPS = 10_000  # fastai and Lightning take 100; 10,000 batches are epochs of most datasets, not a range test
 
 
 @dataclass
@@ -78,14 +84,35 @@ def _out_folder(out_dir: str | Path, name: str) -> Path:
 
 
 def _check(start: float, end: float, steps: int, diverge: float) -> None:
-    if not (math.isfinite(start) and start > 0):
-        raise UsageError(f"--start must be a positive learning rate, not {start}")
-    if not (math.isfinite(end) and end > start):
-        raise UsageError(f"--end ({end}) must be a finite learning rate above --start ({start})")
-    if steps < 2 * SKIP_BEGIN:
-        raise UsageError(f"--steps must be at least {2 * SKIP_BEGIN} for a curve worth reading, not {steps}")
+    low, high = LR_LIMITS
+    for flag, lr in (("--start", start), ("--end", end)):
+        if not (math.isfinite(lr) and low <= lr <= high):
+            raise UsageError(f"{flag} {lr!r}: give a learning rate from {low:g} to {high:g}; the defaults are --start 1e-7 "
+                             "--end 10")
+    if not end > start:
+        raise UsageError(f"--end ({end:g}) must be a learning rate above --start ({start:g})")
+    if not 2 * SKIP_BEGIN <= steps <= MAX_STEPS:
+        raise UsageError(f"--steps {steps:,}: give from {2 * SKIP_BEGIN} (a curve worth reading) to {MAX_STEPS:,} "
+                         "(a range test, not a training run); the default is 200")
     if not diverge > 1:
         raise UsageError(f"diverge must be above 1 (the smoothed loss's multiple of its minimum), not {diverge}")
+
+
+def _too_short(start: float, factor: float, lrs: list[float], stop_reason: str | None) -> UsageError:
+    """Why fewer than 3 steps is no curve, and what would help. The first loss is measured at the initial weights,
+    before any step: if it is not finite, no --start helps. Otherwise the loss broke within a step or two of
+    --start, so a lower one (or a slower climb) helps, unless --start is already the lowest allowed."""
+    if not lrs:
+        return UsageError(f"lr-find: the loss is not finite on the first batch, at the initial weights, before any "
+                          f"step at --start {start:g}: the learning rate is not the cause; check the data "
+                          "(data.normalize) and the model (cnnctl summary CONFIG)")
+    said = f"lr-find: the loss diverged within {len(lrs)} step{'s' * (len(lrs) > 1)} of --start {start:g} ({stop_reason})"
+    lower = max(start / 1000, LR_LIMITS[0])
+    if lower < start:
+        return UsageError(f"{said}; start lower, e.g. --start {lower:g}, or climb slower with more --steps (each "
+                          f"step now multiplies the lr by {factor:.3g})")
+    return UsageError(f"{said}; --start is already the lowest allowed ({LR_LIMITS[0]:g}), so the learning rate is "
+                      "not the cause: check the data (data.normalize) and the model (cnnctl summary CONFIG)")
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> dict[str, float | None]:
@@ -160,8 +187,7 @@ def lr_find(config: Config, *, out_dir: str | Path, start: float = 1e-7, end: fl
             stop_reason = f"the smoothed loss {smooth:.3g} passed {diverge:g} x its minimum {lowest:.3g} at lr {lr:.3g}"
             break
     if len(lrs) < 3:
-        raise UsageError(f"lr-find: the loss diverged within {len(lrs)} steps of --start {start:g} ({stop_reason}); "
-                         "start lower, e.g. --start 1e-9")
+        raise _too_short(start, factor, lrs, stop_reason)
     readings = suggest(lrs, smoothed)
     suggestion = readings[SUGGESTION_RULE]
     folder = _out_folder(out_dir, config.name or "run")

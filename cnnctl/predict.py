@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from cnnctl.data.transforms import IMAGE_SUFFIXES, load_image
-from cnnctl.errors import CnnctlError, DataError, UsageError
+from cnnctl.errors import CnnctlError, DataError, UsageError, first_line
 
 SHOWN_FAILURES = 3  # files named in the error line; the rest are counted
 
@@ -126,7 +126,15 @@ def onnx_predict(model_path: str | Path, inputs: list[str], topk: int = 5, *, ba
 
     def logits_of(images: torch.Tensor) -> torch.Tensor:
         x = to_model_input(images, meta["mean"], meta["std"], torch.device("cpu")).numpy()
-        return torch.from_numpy(onnxrt.run_batched(lambda b: session.run(None, {name: b})[0], x, batch)).float()
+        try:
+            logits = onnxrt.run_batched(lambda b: session.run(None, {name: b})[0], x, batch)
+        except Exception as e:  # onnxruntime's Fail/InvalidArgument/...: a graph that fails on the input it declared
+            raise CnnctlError(f"onnxruntime cannot run it on {list(x.shape)} images ({first_line(e)[:200]})",
+                              file=str(path)) from None
+        if logits.shape[1:] != (len(meta["classes"]),):  # a graph with a free output width is checked here
+            raise CnnctlError(f"classes names {len(meta['classes'])} class(es) but the graph gives "
+                              f"{list(logits.shape[1:])} logits per image", file=str(path), key="metadata")
+        return torch.from_numpy(logits).float()
 
     return predict_files(inputs, meta["classes"], spec=meta, batch_size=batch_size, logits_of=logits_of, topk=topk,
                          explain=explain, label=label, labels_from_folders=labels_from_folders)

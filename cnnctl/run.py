@@ -47,6 +47,7 @@ from cnnctl.hooks import (
     TensorBoard,
     require_tensorboard,
 )
+from cnnctl.io import make_folders, writing
 from cnnctl.models.registry import create_model
 from cnnctl.optim import create_optimizer, create_scheduler
 from cnnctl.runlock import LOCK_NAME, RunLock
@@ -308,21 +309,19 @@ def restore(run: Run, ckpt: dict[str, Any], *, source: str = "checkpoint") -> No
 def new_run_dir(out: Path, name: str) -> Path:
     """``OUT/NAME``, or ``NAME-2``, ``NAME-3``... when it exists. WriteError (naming the folder and the reason)
     when ``out`` cannot hold it: read-only, a regular file, under a regular file."""
-    if out.exists() and not out.is_dir():
-        raise WriteError(str(out), "it is a file, not a folder", note="give --out a folder for run directories")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WriteError(str(out), e.strerror or first_line(e), note="give --out a writable folder") from None
+    note = "give --out a writable folder"
+    with writing(out, note=note):  # exists() too: a name too long for the file system fails already there
+        if out.exists() and not out.is_dir():
+            raise WriteError(str(out), "it is a file, not a folder", note="give --out a folder for run directories")
+        make_folders(out)
     for i in range(1, 100_000):
         path = out / (name if i == 1 else f"{name}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise WriteError(str(path), e.strerror or first_line(e), note="give --out a writable folder") from None
+        with writing(path, note=note):
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
     raise UsageError(f"{out}: too many runs named {name}; use --name")
 
 
@@ -350,13 +349,11 @@ def _open_run_dir(run: Run, *, resuming: bool = False) -> None:
     if not run.dist.is_main:
         return
     for stale in run.run_dir.glob(".*.tmp"):  # a save that a kill interrupted
-        stale.unlink(missing_ok=True)
+        with writing(stale):
+            stale.unlink(missing_ok=True)
     if resuming:  # a failure a resume continues from is no longer the run's state
-        try:
+        with writing(run.run_dir / STATUS_FILE, note="the run directory must be writable to resume it"):
             (run.run_dir / STATUS_FILE).unlink(missing_ok=True)
-        except OSError as e:
-            raise WriteError(str(run.run_dir / STATUS_FILE), e.strerror or first_line(e),
-                             note="the run directory must be writable to resume it") from None
     write_text(run.run_dir / "config.yaml", run.config.to_yaml())
     log.info("run directory: %s  (device %s, %s, %d parameters)", run.run_dir, run.device,
              precision_name(run.amp_dtype), sum(p.numel() for p in run.model.parameters()))

@@ -4,6 +4,12 @@ The lock is an OS file lock (``flock``) on ``.lock``, which holds the holder's p
 the holding process dies, however it dies, so a SIGKILL never leaves a stale lock. The file itself stays: deleting a
 lock file races with a process that has just opened it. Torch-free, so ``cnnctl runs`` can ask cheaply.
 
+A run folder may come from someone else (shared, downloaded), so ``.lock`` is opened with ``O_NOFOLLOW`` and
+``O_NONBLOCK`` and checked with ``fstat`` before a byte is written: only a regular file with one link is a lock. A
+symlink or a second hard link would send the pid into a file outside the run; a FIFO would hang the open; a
+directory or a device is no lock either. Each is refused (exit 2) naming it. The owner is not checked: in a team's
+shared run folder the lock is rightly a colleague's file, and writing to it touches nothing outside the run.
+
     with RunLock(run_dir):   # a second holder gets UsageError (exit 2) naming the run and the pid holding it
         train(...)
     holder(run_dir)          # the pid training run_dir now, or None
@@ -12,8 +18,10 @@ lock file races with a process that has just opened it. Torch-free, so ``cnnctl 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
@@ -65,6 +73,59 @@ def _unlock(fd: int) -> None:
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
+# O_NOFOLLOW: a symlink fails to open (ELOOP) instead of being followed; O_NONBLOCK: a FIFO opens at once instead
+# of waiting for a writer. Windows has neither; the lstat in _open_lock is its whole check there.
+_OPEN_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a lock is, for the message."""
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _refuse(path: Path, what: str) -> UsageError:
+    how = "rmdir it, or move it aside" if what == "a directory" else "remove it (rm; whatever it links to is left as it is)"
+    return UsageError(f"the run lock is {what}, not the regular file cnnctl keeps its lock in, and cnnctl never "
+                      f"writes through one (nothing was changed). To use this run folder, {how}, and run again: "
+                      "cnnctl creates a new lock", file=str(path))
+
+
+def _check_lock_file(path: Path, info: os.stat_result) -> None:
+    """Refuse anything but a regular file with one link: a second link would carry the pid outside the run."""
+    if not stat.S_ISREG(info.st_mode):
+        raise _refuse(path, _kind(info.st_mode))
+    if info.st_nlink > 1:
+        raise _refuse(path, f"a file with {info.st_nlink} hard links (its bytes are also another file's)")
+
+
+def _open_lock(path: Path, flags: int) -> int:
+    """Open (``O_CREAT`` in ``flags``: or create) ``path`` as a lock file, never following a link or blocking.
+
+    The ``lstat`` refuses a FIFO or device before ``open`` could have an effect on it; the ``fstat`` of the opened
+    file closes the race with a swap in between. Raises ``OSError`` as ``os.open`` does, ``UsageError`` for a file
+    that is no lock.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        _check_lock_file(path, os.lstat(path))
+    try:
+        fd = os.open(path, flags | _OPEN_FLAGS, 0o644)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK) and path.is_symlink():  # EMLINK: O_NOFOLLOW on FreeBSD
+            raise _refuse(path, "a symbolic link") from None
+        raise
+    try:
+        _check_lock_file(path, os.fstat(fd))  # O_NONBLOCK may stay: flock takes LOCK_NB, and files never block
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _read_pid(fd: int) -> int | None:
     os.lseek(fd, 0, os.SEEK_SET)
     text = os.read(fd, 64).decode("ascii", "replace").strip()
@@ -94,7 +155,7 @@ class RunLock:
             log.warning("%s: this system offers no file lock; nothing stops a second process writing this run",
                         self.run_dir)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # never O_TRUNC: the holder's pid is in it
+            fd = _open_lock(self.path, os.O_RDWR | os.O_CREAT)  # never O_TRUNC: the holder's pid is in it
         except OSError as e:
             raise WriteError(str(self.path), e.strerror or str(e), note="the run directory must be writable") from None
         deadline = time.monotonic() + RETRY_SECONDS
@@ -145,8 +206,8 @@ def holder(run_dir: str | Path) -> int | None:
     that has not yet written its pid reads as 0.
     """
     try:
-        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
-    except OSError:  # no .lock: never trained since locks came, or not a run directory
+        fd = _open_lock(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+    except (OSError, UsageError):  # no .lock (never trained since locks came, or not a run directory), or no lock
         return None
     try:
         if _try_lock(fd, exclusive=False):

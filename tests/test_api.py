@@ -158,6 +158,56 @@ def test_bad_arguments_raise_cnnctl_errors(tmp_path, call):
         call(tmp_path)
 
 
+class _BytesPath:
+    """An os.PathLike whose path is bytes: accepted by os.fspath, not by cnnctl."""
+
+    def __fspath__(self) -> bytes:
+        return b"runs"
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: cnnctl.train(TINY, out=b"runs"), "out must be a path (str or os.PathLike), not bytes b'runs'"),
+    (lambda: cnnctl.train(TINY, out=_BytesPath()), "out must be a path (str or os.PathLike), not bytes b'runs'"),
+    (lambda: cnnctl.train(TINY, resume=b"runs/tiny"), "resume must be a path (str or os.PathLike), not bytes "
+                                                      "b'runs/tiny'"),
+    (lambda: cnnctl.train(TINY, hooks=[object()]), "hooks[0] must be a cnnctl.hooks.Hook (subclass it, override the "
+                                                   "events you need), not object <object object at"),
+    (lambda: cnnctl.train(TINY, name=7), "name must be a run name (str), not int 7"),
+    (lambda: cnnctl.train(TINY, device=0), "device must be a device name (str): auto, cpu, cuda, cuda:N or mps, not "
+                                           "int 0"),
+    (lambda: cnnctl.predict(5), "images must be a path (str or os.PathLike) or a list of paths, not int 5"),
+    (lambda: cnnctl.predict(["a.png", 5]), "images[1] must be a path (str or os.PathLike), not int 5"),
+    (lambda: cnnctl.predict(["a.png"], b"m.pt"), "checkpoint must be a path (str or os.PathLike), not bytes b'm.pt'"),
+    (lambda: cnnctl.predict(["a.png"], "m.pt", topk="3"), "topk must be an int (how many classes to show), not str '3'"),
+    (lambda: cnnctl.predict(["a.png"], "m.pt", topk=True), "topk must be an int (how many classes to show), not bool "
+                                                           "True"),
+    (lambda: cnnctl.predict(["a.png"], "m.pt", explain="yes"), "explain must be True or False, not str 'yes'"),
+    (lambda: cnnctl.evaluate(7), "checkpoints must be a path (str or os.PathLike) or a list of paths, not int 7"),
+    (lambda: cnnctl.evaluate(b"best.pt"), "checkpoints must be a path (str or os.PathLike) or a list of paths, not "
+                                          "bytes b'best.pt'"),
+    (lambda: cnnctl.evaluate("best.pt", plots=b"plots"), "plots must be a path (str or os.PathLike), not bytes "
+                                                         "b'plots'"),
+    (lambda: cnnctl.load_config(TINY, "train.epochs=3"), "overrides must be a list of KEY=VALUE strings (one override "
+                                                         "is a list of one: ['train.epochs=3']), not str "
+                                                         "'train.epochs=3'"),
+    (lambda: cnnctl.summary(TINY, overrides=[("train.epochs", 3)]), "overrides[0] must be a KEY=VALUE string, not "
+                                                                    "tuple ('train.epochs', 3)"),
+    (lambda: cnnctl.load_config(_BytesPath()), "config must be a path (str or os.PathLike), not bytes b'runs'"),
+], ids=["bytes-out", "bytes-pathlike-out", "bytes-resume", "hook-object", "int-name", "int-device", "int-images",
+        "int-in-images", "bytes-checkpoint", "str-topk", "bool-topk", "str-explain", "int-checkpoints",
+        "bytes-checkpoints", "bytes-plots", "str-overrides", "tuple-override", "bytes-config"])
+def test_an_argument_of_the_wrong_type_is_a_usage_error_naming_it(tmp_path, monkeypatch, call, message):
+    """Issue 23: ``out=b"runs"`` made a folder named ``b'runs'``; ``predict(5)``, ``evaluate(7)``, a bytes
+    checkpoint, ``topk="3"`` and ``hooks=[object()]`` ended in TypeError or AttributeError; a str of overrides was
+    read one character at a time (``--set 't': no '='``). Each is refused before anything runs or is written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as info:
+        call()
+    assert info.value.exit_code == 2
+    assert str(info.value).startswith(message), str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_split_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="split"):
         cnnctl.evaluate(tmp_path, split="train")

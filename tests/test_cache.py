@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cnnctl.config import DataConfig
 from cnnctl.data import cache
@@ -112,6 +113,45 @@ def test_disk_cache_is_reused_and_a_touched_file_invalidates_it(folder, caplog):
     assert cache_files(folder) == [path]  # rewritten in place, no temporary files left
 
 
+def rewrite_keeping_size_and_mtime(path: Path, image: np.ndarray) -> None:
+    """New pixels in ``path``, its size and modification time as they were: an uncompressed PNG's size depends
+    only on its shape, and ``os.utime`` puts the times back (as a sync tool or a restore can)."""
+    before = path.stat()
+    Image.fromarray(image).save(path, compress_level=0)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_cache_verify_catches_pixels_changed_with_size_and_mtime_kept(folder, caplog):
+    """Issue 23, item 17: the cache key covers each file's path, size and mtime, so an image rewritten in place with
+    both kept trains on its old pixels; ``data.cache_verify: true`` keys the cache by the files' contents."""
+    caplog.set_level(logging.INFO, logger="cnnctl")
+    edited = folder / "b" / "b_3.png"
+    Image.fromarray(np.zeros((10, 12, 3), dtype=np.uint8)).save(edited, compress_level=0)
+    order = [p.name for p in load_data(folder_cfg(folder, cache="none"), seed=0).train.files]
+    row = order.index("b_3.png")
+    plain, verified = folder_cfg(folder, cache="disk"), folder_cfg(folder, cache="disk", cache_verify=True)
+    assert (load_data(plain, seed=0).train.images[row] == 0).all()
+
+    rewrite_keeping_size_and_mtime(edited, np.full((10, 12, 3), 200, dtype=np.uint8))
+    caplog.clear()
+    assert (load_data(plain, seed=0).train.images[row] == 0).all(), "size and mtime alone cannot see the change"
+    assert "36 decoded images read from" in caplog.text
+    caplog.clear()
+    assert (load_data(verified, seed=0).train.images[row] == 200).all()
+    assert "out of date" in caplog.text, "a verified key is another key: the cache is rebuilt from the files"
+
+    rewrite_keeping_size_and_mtime(edited, np.full((10, 12, 3), 90, dtype=np.uint8))
+    caplog.clear()
+    assert (load_data(verified, seed=0).train.images[row] == 90).all()
+    assert "out of date" in caplog.text and "wrote 36 decoded images" in caplog.text
+    assert len(cache_files(folder)) == 1, "rewritten in place"
+    caplog.clear()
+    assert (load_data(verified, seed=0).train.images[row] == 90).all()
+    assert "36 decoded images read from" in caplog.text, "unchanged contents: the verified cache is reused"
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip_pixel", "garbage"])
 def test_damaged_cache_file_is_rebuilt_with_a_warning(folder, caplog, damage):
     cfg = folder_cfg(folder, cache="disk")
@@ -180,6 +220,7 @@ def test_memory_cache_reports_a_bad_file_by_name(folder):
     ("data.cache=ram", "data.cache"),
     ("data.cache=disk", "cache: disk is for 'imagefolder' only"),
     ("data.cache_dir=/tmp/x", "cache_dir is where cache: disk keeps"),
+    ("data.cache_verify=true", "cache_verify checks the files of a cache: disk against their contents"),
 ])
 def test_bad_cache_settings_are_config_errors(cli, tmp_path, override, message):
     cfg = write_config(tmp_path / "c.yaml", "data: {dataset: digits}\ntrain: {epochs: 1}\n")
@@ -187,3 +228,38 @@ def test_bad_cache_settings_are_config_errors(cli, tmp_path, override, message):
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def point_writes_under_at_dev_full(folder: Path, monkeypatch) -> None:
+    """Files opened for writing under ``folder`` fail as on a full disk: the descriptor ``atomic_write`` opens there
+    is swapped for /dev/full's, whose every write the kernel refuses with ENOSPC (the real error, through the real
+    ``torch.save`` and ``atomic_write``)."""
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(folder):
+            full = os.open("/dev/full", os.O_WRONLY)
+            os.dup2(full, fd)
+            os.close(full)
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+@pytest.mark.skipif(not (Path("/dev/full").exists() and Path("/proc/self/fd").is_dir()), reason="needs Linux's /dev/full")
+def test_a_full_disk_under_cache_dir_costs_a_warning_not_the_run(cli, tmp_path, monkeypatch, caplog):
+    """Issue 23, item 9: the cache's write failing with ENOSPC ended the run (exit 1)."""
+    root = tmp_path / "images"
+    write_image_folder(root, {"a": 12, "b": 12}, channels=1, size=(28, 28))
+    cache_dir = tmp_path.resolve() / "cache"
+    cfg = write_config(tmp_path / "c.yaml", FOLDER_CONFIG.format(root=root, cache=f"disk\n  cache_dir: {cache_dir}"))
+    point_writes_under_at_dev_full(cache_dir, monkeypatch)
+    result = cli("train", cfg, "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "data.cache disk: could not write the cache " in warnings[0], caplog.text
+    assert f"{cache_dir}/imagefolder-28x28x3-" in warnings[0] and ": No space left on device;" in warnings[0]
+    assert "this run trains without it" in warnings[0]
+    assert list(cache_dir.iterdir()) == [], "the partial file is removed"
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert (run_dir / "last.pt").is_file() and (run_dir / "summary.json").is_file()

@@ -437,7 +437,8 @@ RESUME_ALLOWED = {
     "name", "out", "train.epochs", "train.device", "train.threads", "train.compile", "train.tensorboard",
     "train.early_stopping.patience", "train.early_stopping.min_delta", "train.early_stopping.restore_best",
     "train.checkpoint.save_every", "train.checkpoint.save_every_steps", "data.root", "data.download",
-    "data.workers", "data.eval_batch_size", "data.cache", "data.cache_dir", "train.record_gradients_every",
+    "data.workers", "data.eval_batch_size", "data.cache", "data.cache_dir", "data.cache_verify",
+    "train.record_gradients_every",
     "train.record_activations",
 }
 BASE = """\
@@ -539,6 +540,7 @@ def resume_cases() -> list:
     keys = flat_keys(Config.model_validate(load_yaml_text(BASE)).dump())
     keys.pop("name")  # None in BASE: the config's stem fills it in
     keys.pop("data.cache_dir")  # imagefolder only (with cache: disk); BASE trains digits, where no value validates
+    keys.pop("data.cache_verify")  # the same
     cases = [pytest.param(k, v, id=k) for k, v in sorted(keys.items())]
     return cases + [pytest.param("name", "with", id="name")]
 
@@ -560,7 +562,9 @@ def test_resume_allows_or_refuses_each_key_changed_alone(cli, finished_runs, key
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert (run / "last.pt").read_bytes() == before
-    if key in RESUME_ALLOWED:
+    if key in ("name", "out"):  # allowed only to the run's own place; another is refused (test_resume.py)
+        assert f"error: --set {args[1]}: a resumed run stays in {run} " in result.stderr, result.stderr
+    elif key in RESUME_ALLOWED:
         # Past the policy: refused only because the run already did its 2 epochs (train.epochs=1 included).
         assert "different run" not in result.stderr, result.stderr
         assert "already finished" in result.stderr, result.stderr
@@ -577,7 +581,10 @@ def test_resolve_run_applies_the_resume_policy_to_each_key_changed_alone(tmp_pat
     saved = resolve_run({**load_yaml_text(BASE), "name": "with"}).config.dump()
     sets = alternative(key, value)
     resume = dict(resume_from=tmp_path / "last.pt", checkpoint={"config": saved})
-    if key in RESUME_ALLOWED:
+    if key in ("name", "out"):  # allowed only to the run's own place (test_config_edges.py); another is refused
+        with pytest.raises(CnnctlError, match=f"^--set {sets[0]}: a resumed run stays in {tmp_path} "):
+            resolve_run(None, overrides=sets, **resume)
+    elif key in RESUME_ALLOWED:
         resumed = resolve_run(None, overrides=sets, **resume).config.dump()
         assert flat_keys(resumed)[key] != value
         assert {k for k, v in flat_keys(resumed).items() if flat_keys(saved).get(k) != v} == {key}

@@ -20,6 +20,7 @@ from torch import nn
 
 from cnnctl.checkpoint import (
     FORMAT,
+    MAX_SIDE,
     atomic_write,
     current_umask,
     input_problem,
@@ -27,6 +28,7 @@ from cnnctl.checkpoint import (
     load_model_state,
     run_checkpoint,
     save_checkpoint,
+    weights_problem,
     write_json,
     write_text,
 )
@@ -397,3 +399,99 @@ def test_a_write_error_without_an_errno_keeps_its_words(tmp_path):
     with pytest.raises(WriteError) as info:
         atomic_write(tmp_path / "a.bin", write)
     assert str(info.value) == f"could not write {tmp_path / 'a.bin'}: device went away; the previous file, if any, is intact"
+
+
+@pytest.mark.parametrize("weights, problem", [
+    ({"w": torch.tensor([1.0, float("nan"), float("nan")])},
+     "weight 'w' holds 2 NaN value(s) of 3: a network with non-finite weights outputs NaN for every image."),
+    ({"w": torch.arange(3.0), "b": torch.tensor([float("inf"), -float("inf")], dtype=torch.float16)},
+     "weight 'b' holds 2 infinite value(s) of 2:"),
+    ({"w": torch.tensor([float("nan"), float("inf")])}, "weight 'w' holds 2 NaN and infinite value(s) of 2:"),
+    ({"w": [1.0, 2.0]}, "weight 'w' is a list, not a tensor; the checkpoint was edited or damaged"),
+    ([torch.zeros(2)], "expected a mapping of weight names to tensors, got list"),
+], ids=["nan", "inf-half", "nan-and-inf", "a-list", "not-a-mapping"])
+def test_non_finite_or_foreign_weights_are_refused_naming_the_first(tmp_path, weights, problem):
+    """Issue 23: eval of a checkpoint with NaN weights printed "loss nan accuracy 10.03%" and exited 0."""
+    path = tmp_path / "nan.pt"
+    save_checkpoint(path, checkpoint(model=weights))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert info.value.exit_code == 2 and info.value.key == "model"
+    assert str(info.value).startswith(f"{path}: model: {problem}")
+
+
+def test_a_non_finite_weight_says_what_to_do_instead():
+    problem = weights_problem({"ok": torch.zeros(2), "fc.weight": torch.full((2, 3), float("nan"))})
+    assert problem == ("weight 'fc.weight' holds 6 NaN value(s) of 6: a network with non-finite weights outputs NaN "
+                       "for every image. Training stops before it saves once its loss turns non-finite, so the file "
+                       "was edited or damaged, or its run diverged in the very step it was saved: use another "
+                       "checkpoint of the run (best.pt), or train again with a lower optimizer.lr or train.grad_clip")
+
+
+def test_integer_buffers_and_finite_weights_pass():
+    net = nn.BatchNorm1d(3)  # num_batches_tracked is an int64 buffer
+    assert weights_problem(net.state_dict()) is None
+
+
+def test_integer_weights_where_the_network_has_floats_are_refused():
+    net = nn.Linear(3, 2)
+    state = {"weight": torch.ones(2, 3, dtype=torch.int64), "bias": torch.zeros(2, dtype=torch.int32)}
+    with pytest.raises(CheckpointError) as info:
+        load_model_state(net, state, "runs/a/best.pt")
+    assert info.value.exit_code == 2
+    assert str(info.value) == ("runs/a/best.pt: model: weight 'weight' holds int64 values where the network has "
+                               "float32 (2 such weight(s)); the checkpoint was edited or damaged, use one written by "
+                               "`cnnctl train`")
+    assert torch.count_nonzero(net.weight) > 0  # nothing was copied in
+
+
+def test_input_sizes_are_bounded_as_data_image_size_is():
+    """Issue 23: a 40000x40000 size in an exported file's metadata allocated 6.4 GB per image in predict."""
+    from pydantic import ValidationError
+
+    from cnnctl.config import DataConfig
+
+    assert DataConfig(image_size=MAX_SIDE).image_size == MAX_SIDE  # the same bound as the config's
+    with pytest.raises(ValidationError):
+        DataConfig(image_size=MAX_SIDE + 1)
+    assert input_problem({**GOOD_INPUT, "size": [MAX_SIDE, 1]}) is None
+    assert input_problem({**GOOD_INPUT, "size": [28, MAX_SIDE + 1]}) == (
+        f"size [28, {MAX_SIDE + 1}] is larger than {MAX_SIDE} pixels a side, the most data.image_size allows")
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "resume"])
+def test_nan_weights_are_refused_by_every_command_that_loads_them(cli, tmp_path, command):
+    """Issue 23: eval printed "loss nan accuracy 10.03%" and exited 0. A resume names the file and says what to use."""
+    from tests.test_catch_mutations import linear_checkpoint
+
+    run = tmp_path / "runs" / "diverged"
+    weight = torch.zeros(10, 64)
+    weight[3, 5] = float("nan")
+    path = linear_checkpoint(run / "last.pt", weight, torch.zeros(10))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    args = {"eval": ["eval", path], "predict": ["predict", tmp_path / "nothing.png", "-c", path],
+            "resume": ["train", "--resume", run]}[command]
+
+    result = cli(*args)
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {path}: model: weight 'layers.1.weight' holds 1 NaN value(s) of 640: ")
+    assert "use another checkpoint of the run (best.pt), or train again" in result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_integer_weights_are_refused_by_eval(cli, tmp_path):
+    from tests.test_catch_mutations import linear_checkpoint
+
+    path = linear_checkpoint(tmp_path / "best.pt", torch.ones(10, 64), torch.zeros(10))
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"] = {k: v.long() for k, v in ckpt["model"].items()}
+    save_checkpoint(path, ckpt)
+
+    result = cli("eval", path)
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {path}: model: weight 'layers.1.weight' holds int64 values where the "
+                                    "network has float32 (2 such weight(s)); the checkpoint was edited or damaged")
+    assert "Traceback" not in result.output and result.stdout == ""

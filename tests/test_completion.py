@@ -11,7 +11,15 @@ import textwrap
 
 import pytest
 
-from cnnctl.completion import checkpoints, config_keys, config_names, run_dirs, set_values, space_names
+from cnnctl.completion import (
+    MAX_OPENED,
+    checkpoints,
+    config_keys,
+    config_names,
+    run_dirs,
+    set_values,
+    space_names,
+)
 from cnnctl.config import bundled_configs, bundled_spaces
 from cnnctl.data.registry import DATASETS
 from cnnctl.models.registry import MODELS
@@ -126,3 +134,38 @@ def test_help_through_the_entry_point_is_torch_free_and_offers_completion():
 def test_show_completion_prints_a_script():
     lines = _cnnctl_in_process({}, "--show-completion", under_bash=True)
     assert any("_CNNCTL_COMPLETE=complete_bash" in line for line in lines)
+
+
+# ---------------------------------------------------------------- hostile folders (issue 23, item 16)
+
+
+def test_a_600_level_folder_chain_opens_a_bounded_number_of_levels(folder):
+    """A RecursionError traceback in the shell before: each single folder was opened by a recursive call."""
+    path = folder / "deep"
+    for _ in range(600):
+        path = path / "d"
+    path.mkdir(parents=True)
+    words = "cnnctl train --resume dee"
+    env = {"_CNNCTL_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "3"}
+    lines = _cnnctl_in_process(env)
+    assert lines == ["deep/" + "d/" * MAX_OPENED, "torch not imported"]
+    assert checkpoints(lines[0]) == [lines[0] + "d/" * (1 + MAX_OPENED)], "the next Tab goes on from there"
+
+
+def test_a_symlink_loop_is_not_walked(folder):
+    """A folder holding only a link to itself was opened 40 levels deep (until the path was too long)."""
+    (folder / "loop").mkdir()
+    (folder / "loop" / "self").symlink_to(".")
+    assert run_dirs("lo") == ["loop/self/"]
+    assert checkpoints("loop/") == ["loop/self/"]
+    (folder / "ring" / "a").mkdir(parents=True)  # a loop through the parent: ring/a/up -> ring
+    (folder / "ring" / "a" / "up").symlink_to("..")
+    assert config_names("ri") == ["ring/a/up/"]
+
+
+def test_a_name_with_a_newline_is_not_offered(folder):
+    """The shell reads one candidate per line: ``x\\ny.pt`` became the two candidates ``runs/a/x`` and ``y.pt``."""
+    (folder / "runs" / "a" / "x\ny.pt").write_bytes(b"")
+    (folder / "runs" / "a" / "two\nlines").mkdir()
+    assert checkpoints("runs/a/") == ["runs/a/best.pt", "runs/a/last.pt"]
+    assert run_dirs("runs/a/") == []

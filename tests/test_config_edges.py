@@ -287,15 +287,42 @@ def test_model_errors_name_the_layer_and_its_keys(tmp_path, model, message):
 
 
 @pytest.mark.parametrize("normalize, message", [
-    # a union (auto | none | a mapping): pydantic's member tags never show in the key path
-    ("{mean: [1], std: [1], x: 2}", "data.normalize: Input should be 'auto' or 'none' (got {'mean': [1], 'std': [1], "
-                                    "'x': 2})\n{path}: data.normalize.x: unknown key. Valid keys: mean, std"),
-    ("x", "data.normalize: Input should be 'auto' or 'none' (got 'x')\n{path}: data.normalize: Input should be a "
-          "valid dictionary or instance of Normalize (got 'x')"),
+    # a union (auto | none | a mapping): pydantic's member tags never show in the key path, and the member the
+    # value's kind selects (a mapping: {mean, std}; a string: 'auto' or 'none') is the one reported
+    ("{mean: [1], std: [1], x: 2}", "data.normalize.x: unknown key. Valid keys: mean, std"),
+    ("{mean: [0.5], std: [0]}", "data.normalize.std[0]: Input should be greater than 0 (got 0)"),
+    ("{mean: [0.5]}", "data.normalize.std: required key is missing"),
+    ("{mean: [0.5], std: [1, 2]}", "data.normalize: mean has 1 values and std 2; give one of each per channel"),
+    ("x", "data.normalize: Input should be 'auto' or 'none' (got 'x')"),
+    # no member takes a number or a list: one line says what each would
+    ("5", "data.normalize: Input should be 'auto' or 'none', or a mapping of mean, std (got 5)"),
+    ("[1, 2]", "data.normalize: Input should be 'auto' or 'none', or a mapping of mean, std (got [1, 2])"),
 ])
 def test_a_union_key_reads_as_one_path(tmp_path, normalize, message):
     path = config_file(tmp_path, f"data: {{dataset: digits, normalize: {normalize}}}\nmodel: {{arch: lenet5}}\n")
-    assert str(refused(lambda: load_config(path))) == f"{path}: " + message.replace("{path}", str(path))
+    assert str(refused(lambda: load_config(path))) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["train.threads=0"], "train.threads: Input should be greater than or equal to 1 (got 0)"),
+    (["train.threads=2.5"], "train.threads: Input should be a valid integer, got a number with a fractional part "
+                            "(got 2.5)"),
+    (["train.threads=many"], "train.threads: Input should be 'auto' (got 'many')"),
+    (["data.workers=999"], "data.workers: Input should be less than or equal to 256 (got 999)"),
+    (["train.channels_last=3"], "train.channels_last: Input should be 'auto', or a valid boolean, unable to interpret "
+                                "input (got 3)"),
+    (["train.early_stopping=5"], "train.early_stopping: Input should be a mapping of monitor, mode, patience, "
+                                 "min_delta, restore_best (got 5)"),
+])
+def test_the_first_line_names_the_real_reason(cli, tmp_path, sets, message):
+    """Issue 23: ``train.threads=0`` said "should be 'auto'" with the reason, behind pydantic's tag
+    ``constrained-int``, on line 2. Each is one line, through the CLI, with no tag of pydantic's in it."""
+    path = config_file(tmp_path)
+    result = cli("summary", path, "--set", sets[0])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: --set {sets[0]}: {message}\n"
+    for tag in ("constrained-", "literal[", "function-after", "instance of"):
+        assert tag not in result.stderr
 
 
 def test_a_message_that_echoes_a_huge_value_is_cut_at_1000_characters(tmp_path):
@@ -586,3 +613,29 @@ def test_resume_details_the_checkpoint_does_not_settle(tmp_path):
     given = {"data": {"dataset": "digits"}, "optimizer": {"lr": 0.5}}
     resolve_run(given, overrides=["optimizer.lr=0.1", "data.batch_size=8"], name="n")
     assert given == {"data": {"dataset": "digits"}, "optimizer": {"lr": 0.5}}
+
+
+def test_a_resumed_run_keeps_its_place_unless_told_its_own(tmp_path, monkeypatch):
+    """``--resume`` continues RUN where it is: a config file's name and out do not move it, --name/--out/--set
+    naming another place are refused (through the CLI in test_resume.py), and the run's own place is accepted and
+    recorded: the saved name and out, or the folder a moved run is in now."""
+    import yaml
+
+    from cnnctl.config import resolve_run
+    from cnnctl.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = _saved(out="runs")
+    run = tmp_path / "runs" / "first"
+    resume = {"resume_from": run / "last.pt", "checkpoint": ckpt}
+    other = config_file(tmp_path, yaml.safe_dump({**ckpt["config"], "name": "other", "out": "elsewhere"}))
+    kept = resolve_run(other, **resume).config
+    assert (kept.name, kept.out) == ("first", "runs")
+    assert resolve_run(None, name="first", out=str(tmp_path / "runs"), **resume).config.out == str(tmp_path / "runs")
+    moved = tmp_path / "moved" / "renamed" / "last.pt"
+    placed = resolve_run(None, overrides=["name=renamed", f"out={moved.parent.parent}"], resume_from=moved,
+                         checkpoint=ckpt).config
+    assert (placed.name, placed.out) == ("renamed", str(moved.parent.parent))
+    for given in ({"name": "renamed"}, {"out": "elsewhere"}, {"overrides": ["out=elsewhere"]}):
+        with pytest.raises(UsageError, match=f"a resumed run stays in {run} "):
+            resolve_run(None, **given, **resume)

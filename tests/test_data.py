@@ -534,3 +534,52 @@ def test_load_image_refuses_bad_files(tmp_path, monkeypatch):
 def test_data_package_imports_without_torch():
     code = "import sys, cnnctl.data, cnnctl.data.registry; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- a failed download leaves nothing behind
+
+
+def mnist_checkpoint(path: Path) -> Path:
+    """A cnnctl checkpoint of an untrained lenet5 for MNIST, with what eval reads of one (no training needed)."""
+    from torchvision.datasets import MNIST
+
+    from cnnctl.checkpoint import FORMAT, save_checkpoint
+    from cnnctl.config import Config
+    from cnnctl.models.registry import create_model
+
+    cfg = Config.model_validate({"data": {"dataset": "mnist"}})
+    model = create_model(cfg.model, in_channels=1, image_size=(28, 28), num_classes=10)
+    save_checkpoint(path, {"format": FORMAT, "config": cfg.dump(), "classes": list(MNIST.classes),
+                           "input": {"channels": 1, "size": [28, 28], "mean": [0.13], "std": [0.31]},
+                           "model": model.state_dict()})
+    return path
+
+
+def test_eval_on_a_missing_data_root_removes_the_folders_its_failed_download_made(cli, tmp_path, monkeypatch):
+    """Issue 23, item 17: ``eval --data-root MISSING`` left MISSING/MNIST/raw (and a half download) behind."""
+    from urllib.error import URLError
+
+    import torchvision.datasets.mnist
+
+    def broken_download(url, download_root, filename=None, md5=None, **kwargs):
+        (Path(download_root) / filename).write_bytes(b"\x1f\x8b the first bytes")
+        raise URLError("connection reset by peer")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", broken_download)
+    checkpoint = mnist_checkpoint(tmp_path / "mnist.pt")
+    missing = tmp_path / "missing" / "deeper"
+    result = cli("eval", checkpoint, "--data-root", missing)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error[0].startswith(f"error: data.root: dataset mnist cannot be loaded from {missing}: Error downloading "
+                               "train-images-idx3-ubyte.gz"), result.stderr
+    assert "connection reset by peer" in error[0]
+    assert not (tmp_path / "missing").exists(), "the folders the download made are removed, with its partial file"
+
+    kept = tmp_path / "kept"  # a root that was there stays, with what it held; only the MNIST/ it made goes
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine\n")
+    result = cli("eval", checkpoint, "--data-root", kept)
+    assert result.exit_code == 2, result.output
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"] and (kept / "notes.txt").read_text() == "mine\n"

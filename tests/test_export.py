@@ -335,3 +335,137 @@ def test_a_dataset_that_is_not_here_narrows_the_check_to_random_inputs(tmp_path,
 
     assert result["checked"] == ["random batch of 1", "random batch of 3"]
     assert "no real images (dataset cannot be read here" in caplog.text
+
+
+# ---------------------------------------------------------------- an exported file's metadata is checked on load
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory) -> Path:
+    """best.onnx of a LeNet-5 for the 8x8 digits ([batch, 1, 8, 8] -> [batch, 10]), exported once for the module."""
+    if not HAS_EXTRA:
+        pytest.skip("the export extra is not installed: pip install 'cnnctl[export]'")
+    run = tmp_path_factory.mktemp("onnx") / "digits"
+    make_checkpoint(run / "best.pt", "lenet5", channels=1, side=8, classes=10, dataset="digits")
+    return Path(export(run, format="onnx")["path"])
+
+
+def edited(source: Path, target: Path, **values) -> Path:
+    """A copy of ``source`` with ``values`` (as JSON) in place of its own cnnctl metadata."""
+    import onnx
+
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key in values:
+            prop.value = json.dumps(values.pop(prop.key))
+    assert not values, f"no such metadata: {values}"
+    onnx.save(model, str(target))
+    return target
+
+
+@needs_onnx
+@pytest.mark.parametrize(("values", "problem"), [
+    ({"classes": ["a"]}, "classes names 1 class(es) but the graph gives 10 logits per image"),
+    ({"classes": "0123456789"}, "classes must be a list of class names, got '0123456789'"),
+    ({"size": [40000, 40000]}, "size [40000, 40000] is larger than 4096 pixels a side, the most data.image_size allows"),
+    ({"size": [-3, 0]}, "size must be [height, width] of positive integers, got '[-3, 0]'"),
+    ({"size": [16, 16]}, "size is [16, 16] but the graph takes 1x8x8 images (channels x height x width)"),
+    ({"channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}, "channels is 3 but the graph takes 1-channel images (1x8x8)"),
+    ({"mean": "x"}, "mean must be 1 finite number(s), one per channel, got 'x'"),
+    ({"std": [0]}, "std must be positive (images are divided by it), got [0]"),
+    ({"std": [0.25, 0.25]}, "std must be 1 finite number(s), one per channel, got '[0.25, 0.25]'"),
+], ids=["classes-vs-output", "classes-a-string", "size-huge", "size-negative", "size-vs-graph", "channels-vs-graph",
+        "mean-a-string", "std-zero", "std-per-channel"])
+def test_predict_refuses_an_onnx_file_whose_metadata_is_wrong(cli, onnx_file, tmp_path, values, problem):
+    """Issue 23: these ended in an IndexError or TypeError traceback, 6.4 GB per image, or "nan%" with exit 0."""
+    bad = edited(onnx_file, tmp_path / "bad.onnx", **values)
+    write_images(tmp_path / "images", n=1)
+
+    result = cli("predict", tmp_path / "images" / "0.png", "-c", bad)
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: {bad}: metadata: {problem}; the file's metadata was edited or damaged: export "
+                             "it again with `cnnctl export CHECKPOINT`\n")
+    assert result.stdout == ""
+
+
+@needs_onnx
+def test_read_metadata_checks_what_predict_checks(onnx_file, tmp_path):
+    bad = edited(onnx_file, tmp_path / "bad.onnx", std=[0])
+    with pytest.raises(CnnctlError, match=r"bad.onnx: metadata: std must be positive") as info:
+        read_metadata(bad)
+    assert info.value.exit_code == 2 and info.value.key == "metadata"
+
+
+def reshape_logits(path: Path, shape: list, declared: list) -> Path:
+    """Rewrite the exported ``path`` so that its logits are reshaped to ``shape`` (-1 infers a side, "batch" is the
+    batch size read at run time), its output declared ``declared``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["raw" if o == "logits" else o for o in node.output]
+    fixed = [v for v in shape if v != "batch"]
+    graph.initializer.extend([numpy_helper.from_array(np.array(fixed, np.int64), "fixed"),
+                              numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                              numpy_helper.from_array(np.array([1], np.int64), "one")])
+    if "batch" in shape:  # a shape computed at run time: no shape inference can tell the width
+        graph.node.extend([helper.make_node("Shape", ["raw"], ["shape"]),
+                           helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+                           helper.make_node("Concat", ["batch", "fixed"], ["target"], axis=0)])
+    else:
+        graph.node.append(helper.make_node("Identity", ["fixed"], ["target"]))
+    graph.node.append(helper.make_node("Reshape", ["raw", "target"], ["logits"]))
+    del graph.output[:], graph.value_info[:]
+    graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, declared))
+    onnx.save(model, str(path))
+    return path
+
+
+@needs_onnx
+def test_an_output_width_the_graph_leaves_open_is_checked_on_the_first_batch(cli, onnx_file, tmp_path):
+    bad = reshape_logits(edited(onnx_file, tmp_path / "open.onnx", classes=["a", "b"]), ["batch", -1],
+                         ["batch", "classes"])
+    write_images(tmp_path / "images", n=1)
+
+    result = cli("predict", tmp_path / "images" / "0.png", "-c", bad)
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: {bad}: metadata: classes names 2 class(es) but the graph gives [10] logits per image\n"
+    assert result.stdout == ""
+
+
+@needs_onnx
+def test_a_graph_that_fails_on_its_own_input_is_named(cli, onnx_file, tmp_path):
+    bad = reshape_logits(edited(onnx_file, tmp_path / "fails.onnx"), [3, -1], ["batch", 10])  # 10 logits in 3 rows
+    write_images(tmp_path / "images", n=1)
+
+    result = cli("predict", tmp_path / "images" / "0.png", "-c", bad)
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {bad}: onnxruntime cannot run it on [1, 1, 8, 8] images ([ONNXRuntimeError]")
+    assert result.stdout == ""
+
+
+@needs_onnx
+def test_a_graph_that_takes_no_images_is_refused(cli, onnx_file, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    source = onnx.load(str(onnx_file))
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "flat",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 10])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = source.ir_version
+    model.metadata_props.extend(source.metadata_props)
+    onnx.save(model, str(tmp_path / "flat.onnx"))
+
+    result = cli("predict", tmp_path / "nothing.png", "-c", tmp_path / "flat.onnx")
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: {tmp_path / 'flat.onnx'}: its input 'input' is tensor(float) ['batch', 10], not "
+                             "float32 [batch, channels, height, width], so it is not an image classifier cnnctl can "
+                             "run; export one with `cnnctl export CHECKPOINT`\n")

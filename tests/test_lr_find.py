@@ -48,7 +48,7 @@ def test_lr_find_writes_its_folder_only_and_raises_the_lr_geometrically(tmp_path
 
 def test_lr_find_stops_when_the_loss_diverges(tmp_path):
     cfg = load_config("lenet5-digits", ["optimizer.name=sgd", "optimizer.momentum=0.9", "data.batch_size=64"])[0]
-    result = lr_find(cfg, out_dir=tmp_path, start=1e-3, end=1e4, steps=60, device="cpu")
+    result = lr_find(cfg, out_dir=tmp_path, start=1e-3, end=1e3, steps=60, device="cpu")
     assert result["stopped_early"]
     assert result["steps"] < 60
     assert "minimum" in result["stop_reason"] or "became" in result["stop_reason"]
@@ -87,3 +87,57 @@ def test_cli_lr_find_prints_a_suggestion_and_refuses_bad_arguments(tmp_path, cli
                                                                                                "lr_find.png"]
     bad = cli("lr-find", "lenet5-digits", "--steps", "5", "--out", tmp_path / "bad")
     assert bad.exit_code == 2 and "--steps" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--start", "1e-320"], "--start 1e-320: give a learning rate from 1e-12 to 1000; the defaults are --start 1e-7 "
+                            "--end 10"),
+    (["--start", "nan"], "--start nan: give a learning rate from 1e-12 to 1000"),
+    (["--start", "-1"], "--start -1.0: give a learning rate from 1e-12 to 1000"),
+    (["--end", "1e400"], "--end inf: give a learning rate from 1e-12 to 1000"),
+    (["--end", "1001"], "--end 1001.0: give a learning rate from 1e-12 to 1000"),
+    (["--start", "0.1", "--end", "0.1"], "--end (0.1) must be a learning rate above --start (0.1)"),
+    (["--steps", "1000000000"], "--steps 1,000,000,000: give from 20 (a curve worth reading) to 10,000 (a range "
+                                "test, not a training run); the default is 200"),
+    (["--steps", "10001"], "--steps 10,001: give from 20"),
+])
+def test_out_of_range_flags_are_refused_naming_the_flag(cli, tmp_path, args, message):
+    """Issue 23: --start 1e-320 (a denormal) made the per-step factor infinite and the advice backwards; --steps
+    had no upper bound. Refused before anything is built or written."""
+    result = cli("lr-find", "lenet5-digits", *args, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {message}"), result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_bounds_themselves_are_accepted():
+    from cnnctl.lr_find import LR_LIMITS, MAX_STEPS, _check
+
+    _check(LR_LIMITS[0], LR_LIMITS[1], MAX_STEPS, 4.0)
+    _check(LR_LIMITS[0], LR_LIMITS[1], 20, 4.0)
+
+
+@pytest.mark.parametrize(("start", "nan_from", "message"), [
+    # the first loss is measured before any step: no --start would help
+    ("1e-7", 1, "lr-find: the loss is not finite on the first batch, at the initial weights, before any step at "
+                "--start 1e-07: the learning rate is not the cause; check the data (data.normalize) and the model "
+                "(cnnctl summary CONFIG)"),
+    # one step at --start broke it: a lower --start helps
+    ("1e-7", 2, "lr-find: the loss diverged within 1 step of --start 1e-07 (the loss became nan at lr 1.27e-07); "
+                "start lower, e.g. --start 1e-10, or climb slower with more --steps (each step now multiplies the "
+                "lr by 1.27)"),
+    # ... unless --start is the lowest allowed already
+    ("1e-12", 2, "lr-find: the loss diverged within 1 step of --start 1e-12 (the loss became nan at lr 2.34e-12); "
+                 "--start is already the lowest allowed (1e-12), so the learning rate is not the cause: check the "
+                 "data (data.normalize) and the model (cnnctl summary CONFIG)"),
+])
+def test_a_curve_too_short_to_read_gives_advice_that_can_help(cli, tmp_path, monkeypatch, start, nan_from, message):
+    from tests.conftest import explode_loss_from
+
+    explode_loss_from(monkeypatch, call=nan_from)
+    result = cli("lr-find", "lenet5-digits", "--set", "data.batch_size=64", "--start", start, "--end", "1e-5",
+                 "--steps", "20", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: {message}\n"
+    assert not (tmp_path / "out").exists()

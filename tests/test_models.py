@@ -10,7 +10,8 @@ from torch import nn
 
 from cnnctl.config import ModelConfig, load_config
 from cnnctl.errors import ConfigError, ShapeError
-from cnnctl.models.layers import MAX_ELEMENTS, PLANS, check_layers
+from cnnctl.models.layers import PLANS, check_layers
+from cnnctl.models.limits import MAX_ELEMENTS
 from cnnctl.models.registry import MODELS, create_model
 from cnnctl.models.specs import KINDS
 
@@ -420,5 +421,80 @@ def test_a_layer_too_large_through_the_cli(cli, tmp_path, command):
     assert result.exit_code == 2, result.output
     first = result.stderr.splitlines()[0]
     assert "36,000,000,010 parameters" in first and "model.layers[0] (conv)" in first, first
+    assert "Traceback" not in result.output and "DefaultCPUAllocator" not in result.output
+    assert not out.exists()  # refused before a run folder was made
+
+
+# ---------------------------------------------------------------- the size bound covers the zoo
+
+
+def test_a_zoo_network_too_large_is_refused_before_a_weight_is_allocated():
+    """Issue 23: LeNet-5 on 4096x4096 images built 2,001,500,426 parameters in 33 s and 10 GB before training."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(ConfigError) as info:
+        build("lenet5", channels=1, side=4096)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+
+    assert str(info.value) == (
+        "model.arch 'lenet5' on 1x4096x4096 images: the network would have 2,001,500,426 parameters (7.5 GiB of "
+        f"float32 weights, before gradients and optimizer state), over cnnctl's limit of {MAX_ELEMENTS:,} (3.7 GiB); "
+        "classifier.0 (Linear) alone has in*out + out = 16679056*120 + 120 = 2,001,486,840. Use a smaller "
+        "data.image_size (a classifier on the flattened map grows with the image) or a smaller arch")
+    assert info.value.exit_code == 2
+    assert grown < 500 * 1024, f"the refusal allocated {grown / 1024:.0f} MiB"  # 7.5 GiB if the weights were built
+
+
+def test_a_zoo_network_whose_activations_are_too_large_is_refused():
+    with pytest.raises(ConfigError) as info:
+        build("resnet110", channels=3, side=600)
+    assert str(info.value) == (
+        "model.arch 'resnet110' on 3x600x600 images: one image would make 1,120,320,138 activations (4.2 GiB of "
+        f"float32), over cnnctl's limit of {MAX_ELEMENTS:,}; conv1 (Conv2d) alone outputs 16x600x600 map = 5,760,000. "
+        "Use a smaller data.image_size or a shallower arch")
+
+
+@pytest.mark.parametrize("arch", ["lenet5", "vgg11_bn", "resnet20"])
+def test_the_size_check_changes_neither_the_weights_nor_the_random_stream(arch):
+    """The meta build draws no random numbers and the zero-image pass moves no batch-norm statistic, so a seed gives
+    the weights the builder alone gives, and training starts in training mode."""
+    cfg = ModelConfig(arch=arch)
+    torch.manual_seed(0)
+    plain = MODELS.get(arch)(num_classes=10, in_channels=3, **({"image_size": (32, 32)} if arch != "resnet20" else {}))
+    plain_next = torch.rand(3)
+    torch.manual_seed(0)
+    checked = create_model(cfg, in_channels=3, image_size=(32, 32), num_classes=10)
+
+    assert torch.equal(torch.rand(3), plain_next)
+    assert checked.training and all(m.training for m in checked.modules())
+    state = checked.state_dict()
+    assert state.keys() == plain.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())
+
+
+def test_a_builder_that_cannot_run_on_the_meta_device_is_checked_once_built():
+    from cnnctl.models.limits import meta_network
+    from cnnctl.models.tv import torchvision_model
+
+    # torchvision's RegNets size their stages with torch.arange(...).tolist(), which meta tensors cannot give.
+    assert meta_network(lambda: torchvision_model(name="regnet_y_400mf", num_classes=10, in_channels=3)) is None
+    assert n_params(build("torchvision.regnet_y_400mf", side=32)) == 3_907_554
+    with pytest.raises(ConfigError, match=r"^model.arch 'torchvision.regnet_y_400mf' on 3x4096x4096 images: one "
+                                          r"image would make [\d,]+ activations"):
+        build("torchvision.regnet_y_400mf", side=4096)
+
+
+@pytest.mark.parametrize("command", ["summary", "train"])
+def test_a_zoo_network_too_large_through_the_cli(cli, tmp_path, command):
+    path = tmp_path / "huge.yaml"
+    path.write_text("data: {dataset: fake, num_samples: 10, channels: 1, image_size: 4096, num_classes: 10}\n"
+                    "model: {arch: lenet5}\ntrain: {epochs: 1}\n")
+    out = tmp_path / "runs"
+    result = cli(command, path, *(["--out", out] if command == "train" else []))
+    assert result.exit_code == 2, result.output
+    first = result.stderr.splitlines()[0]
+    assert "model.arch 'lenet5' on 1x4096x4096 images" in first and "2,001,500,426 parameters" in first, first
+    assert "classifier.0 (Linear)" in first and "data.image_size" in first
     assert "Traceback" not in result.output and "DefaultCPUAllocator" not in result.output
     assert not out.exists()  # refused before a run folder was made

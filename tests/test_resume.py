@@ -256,3 +256,45 @@ def test_checkpoint_safety(cli, tmp_path, good_ckpt):
         assert resumed.exit_code == 2 and name in resumed.stderr
     result = cli("eval", tmp_path)
     assert result.exit_code == 2 and "best.pt" in result.stderr
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize(("args", "shown", "key"), [
+    (["--out", "elsewhere"], "--out elsewhere", "out"),
+    (["--name", "renamed"], "--name renamed", "name"),
+    (["--set", "out=elsewhere"], "--set out=elsewhere", "out"),
+    (["--set", "name=renamed"], "--set name=renamed", "name"),
+    (["--set", "name=first", "--name", "renamed"], "--name renamed", "name"),  # --name wins, and is the one named
+], ids=["out", "name", "set-out", "set-name", "name-over-set"])
+def test_resume_refuses_to_move_or_rename_the_run(reference, cli, tmp_path, monkeypatch, args, shown, key):
+    """Issue 23: ``--resume RUN --out/--name`` trained on in RUN while its config.yaml recorded the new name and
+    out. Refused, naming the flag and where the run stays, before anything is written anywhere."""
+    _, ref_dir = reference
+    monkeypatch.chdir(tmp_path)
+    before = _files(ref_dir)
+    result = cli("train", "--resume", ref_dir, *args, "--set", "train.epochs=9")
+    here = ref_dir.name if key == "name" else ref_dir.parent
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: {shown}: a resumed run stays in {ref_dir} (--resume continues a run where it is; "
+                             f"it does not move or rename it). Leave it out, or give the run's own {key} ({here}); to "
+                             "move a run, move its folder and resume it there\n")
+    assert _files(ref_dir) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_accepts_the_folder_a_moved_run_is_in(reference, cli, tmp_path):
+    """The run's own name and out pass the check and reach the next one (the run is finished): here the folder a
+    moved run is in now; the saved ones, and what config.yaml then records, are in test_config_edges.py."""
+    import shutil
+
+    moved = tmp_path / "moved" / "renamed"
+    shutil.copytree(reference[1], moved)
+    before = _files(moved)
+    result = cli("train", "--resume", moved, "--name", "renamed", "--out", moved.parent)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: --resume: {moved} already finished 3 of 3 epochs; to train on, add --set "
+                             "train.epochs=N with N > 3\n")
+    assert _files(moved) == before

@@ -167,6 +167,20 @@ def test_a_failed_write_is_a_write_error_naming_the_file(tmp_path):
     assert info.value.exit_code == 1 and info.value.path.endswith("x.txt")
 
 
+@pytest.mark.parametrize("where", ["last", "inside"])
+def test_an_out_too_long_for_the_file_system_is_a_failed_write(cli, tmp_path, where):
+    """Issue 23, item 7: ``--out`` with a 300-character folder name (ENAMETOOLONG) ended in an OSError traceback.
+    The folders ``mkdir -p`` made before the long name are removed again: nothing outside is left changed."""
+    cfg = write_config(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / ("a" * 300) if where == "last" else tmp_path / "new" / "parents" / ("a" * 300) / "runs"
+    result = cli("train", cfg, "--out", out)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1] == f"error: could not write {out}: File name too long; give --out a " \
+                                             "writable folder"
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.yaml"]
+
+
 def test_predict_names_the_unreadable_files_after_the_results(cli, tmp_path):
     from cnnctl.predict import check_results
 

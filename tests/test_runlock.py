@@ -1,9 +1,12 @@
 """The run lock with real processes: a holder in another process refuses a second writer, naming its pid; a
-SIGKILLed holder leaves no stale lock."""
+SIGKILLed holder leaves no stale lock; a .lock that is a symlink, a hard link, a FIFO or a folder is refused and
+written through by nobody."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,3 +134,84 @@ def test_two_trainers_on_one_run_the_second_refused_with_the_first_pid(tmp_path)
         if first.poll() is None:
             first.kill()
             first.wait()
+
+
+# ---------------------------------------------------------------- a .lock that is no lock (issue 23, item 1)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One finished one-epoch digits run, trained through the CLI; each test resumes a copy of it."""
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+    from tests.conftest import write_config
+
+    tmp = tmp_path_factory.mktemp("locked")
+    cfg = write_config(tmp / "tiny.yaml", "data: {dataset: digits, batch_size: 64}\n"
+                       "model: {arch: custom, layers: [flatten, {linear: {out: 16}}, relu, linear]}\n"
+                       "train: {epochs: 1}\n")
+    result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp / "runs")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_symlink() and p.name != LOCK_NAME}
+
+
+@contextlib.contextmanager
+def _fails_instead_of_hanging(seconds: float):
+    """A hang (an open that waits on a FIFO) becomes a TimeoutError from SIGALRM's handler, not a stuck suite."""
+    def timeout(signum, frame):
+        raise TimeoutError(f"still running after {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(("plant", "kind"), [
+    (lambda lock, outside: lock.symlink_to(outside), "a symbolic link"),
+    (lambda lock, outside: os.link(outside, lock), "a file with 2 hard links"),
+    (lambda lock, outside: os.mkfifo(lock), "a FIFO"),
+    (lambda lock, outside: lock.mkdir(), "a directory"),
+], ids=["symlink", "hard-link", "fifo", "directory"])
+def test_resume_refuses_a_lock_that_is_not_a_regular_file_and_writes_through_nothing(cli, finished_run, tmp_path,
+                                                                                      plant, kind):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    outside = tmp_path / "precious.txt"  # a file outside the run a shared run folder's .lock could lead to
+    outside.write_bytes(b"not yours\n")
+    (run_dir / LOCK_NAME).unlink()
+    plant(run_dir / LOCK_NAME, outside)
+    before = _snapshot(run_dir)
+
+    with _fails_instead_of_hanging(60):
+        result = cli("train", "--resume", run_dir, "--set", "train.epochs=2")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {run_dir / LOCK_NAME}: the run lock is {kind}"), result.stderr
+    assert "remove it" in result.stderr or "rmdir it" in result.stderr
+    assert "Traceback" not in result.output
+    assert outside.read_bytes() == b"not yours\n", "the file the lock leads to keeps its bytes"
+    assert _snapshot(run_dir) == before, "nothing in the run changed"
+    assert not (run_dir / "status.json").exists()
+
+
+def test_holder_never_opens_a_fifo_or_follows_a_link(tmp_path):
+    """``cnnctl runs`` asks holder() of every run folder: a planted .lock must neither hang it nor be followed."""
+    os.mkfifo(tmp_path / LOCK_NAME)
+    with _fails_instead_of_hanging(10):
+        assert holder(tmp_path) is None
+    other, held = tmp_path / "other", tmp_path / "held"
+    other.mkdir()
+    held.mkdir()
+    with RunLock(held):  # a held lock elsewhere, which a symlinked .lock must not report
+        (other / LOCK_NAME).symlink_to(held / LOCK_NAME)
+        assert holder(held) == os.getpid()
+        assert holder(other) is None

@@ -274,3 +274,18 @@ def test_summary_says_how_deep_resnet18_is(cli):
     assert result.exit_code == 0, result.output
     assert "depth 18: weighted layers" in result.stdout and "Dropout" not in result.stdout
     assert json.loads(cli("summary", "resnet18-cifar10", "--json").stdout)["depth"] == 18
+
+
+@pytest.mark.parametrize(("overrides", "first"), [
+    (["data.image_size=4096"], "model.arch 'lenet5' on 1x4096x4096 images: the network would have 2,001,500,426 "
+                               "parameters (7.5 GiB of float32 weights"),
+    (["data.image_size=4096", "model.arch=resnet18"], "model.arch 'resnet18' on 1x4096x4096 images: one image would "
+                                                      "make 2,499,806,218 activations (9.3 GiB of float32)"),
+], ids=["parameters", "activations"])
+def test_summary_refuses_a_zoo_network_too_large_to_build(cli, overrides, first):
+    """Issue 23: `summary lenet5-digits --set data.image_size=4096` built 2,001,500,426 parameters in 33 s and 10 GB."""
+    result = cli("summary", "lenet5-digits", *[f"--set={o}" for o in overrides])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {first}")
+    assert "limit of 1,000,000,000" in result.stderr and "Use a smaller data.image_size" in result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""

@@ -3,6 +3,10 @@ against the final metrics) and the end-of-run images, read back from the event f
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
 import cnnctl
@@ -60,3 +64,49 @@ def test_hparam_values_and_final_metrics_are_what_tensorboard_accepts():
                "wall_seconds": 1.5}
     assert final_metrics(summary) == {"hparams/best_val_acc": 0.9, "hparams/best_epoch": 3.0, "hparams/epochs": 4.0,
                                       "hparams/wall_seconds": 1.5}
+
+
+# ---------------------------------------------------------------- a log folder that cannot be written (issue 23, item 7)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished one-epoch run with TensorBoard on, to resume."""
+    config = {**CONFIG, "train": {**CONFIG["train"], "epochs": 1}}
+    return cnnctl.train(config, name="tb", out=tmp_path_factory.mktemp("tb")).run_dir
+
+
+def resume_with(cli, finished: Path, tmp_path: Path, block) -> tuple:
+    """Resume a copy of ``finished`` for one more epoch after ``block(RUN/tensorboard)``; the result, the copy, and
+    its checkpoints' bytes before."""
+    run = tmp_path / "tb"
+    shutil.copytree(finished, run)
+    (run / ".lock").unlink(missing_ok=True)
+    shutil.rmtree(run / "tensorboard")
+    block(run / "tensorboard")
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.csv")}
+    return cli("train", "--resume", run, "--set", "train.epochs=2"), run, before
+
+
+def test_a_tensorboard_folder_that_is_a_file_is_a_failed_write(cli, finished, tmp_path):
+    result, run, before = resume_with(cli, finished, tmp_path, lambda folder: folder.write_text("keep me\n"))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1] == (f"error: could not write {run / 'tensorboard'}: it is a file, not a "
+                                              "folder; move the file away or set train.tensorboard: false")
+    assert (run / "tensorboard").read_text() == "keep me\n"
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs /sys (sysfs), where nobody can create a file")
+def test_a_read_only_tensorboard_folder_is_a_failed_write(cli, finished, tmp_path):
+    """Read-only for root too: the log folder is a link to a sysfs folder (root writes through any chmod). A
+    PermissionError traceback from TensorBoard's writer thread before, and then another from the main thread."""
+    result, run, before = resume_with(cli, finished, tmp_path, lambda folder: folder.symlink_to("/sys/kernel"))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "Exception in thread" not in result.output
+    assert result.stderr.splitlines()[-1] == (f"error: could not write {run / 'tensorboard'}: Permission denied; "
+                                              "train.tensorboard: true writes its event files there; make it a "
+                                              "writable folder or set train.tensorboard: false")
+    assert {name: (run / name).read_bytes() for name in before} == before

@@ -1,5 +1,6 @@
 """``cnnctl tune``: spaces checked before any trial, grid/TPE/random studies on digits, pruning, a study shared by
-two processes through SQLite, and the ensemble of the best trials."""
+two processes through SQLite, the ensemble of the best trials, a search stopped by SIGINT/SIGTERM and resumed, and
+the study name and storage checked before anything runs."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import csv
 import json
 import logging
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -316,3 +320,135 @@ def test_trial_values_round_trip_through_set(value):
     from cnnctl.tune.space import yaml_value
 
     assert parse_override(f"k={yaml_value(value)}")[1] == value
+
+
+# ---------------------------------------------------------------- signals and the study name (issue 23, items 2, 7, 8)
+
+
+# A search whose trials are quick: a small MLP, without the gradient and activation recorders.
+QUICK = TINY.replace("model: {arch: lenet5}", "model: {arch: custom, layers: [flatten, {linear: {out: 16}}, relu, linear]}"
+                     ).replace("early_stopping: null}", "early_stopping: null, record_gradients_every: null, "
+                               "record_activations: false}")
+
+
+def resume_command(stderr: str) -> str:
+    lines = stderr.splitlines()
+    said = [i for i, line in enumerate(lines) if line.endswith("Resume with:")]
+    assert said and said[-1] + 1 < len(lines), stderr
+    return lines[said[-1] + 1].strip()
+
+
+def load_study(study_dir: Path, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}")
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_a_trial_stops_the_search_and_says_how_to_resume_it(cli, tmp_path, sig, code):
+    base = write_config(tmp_path / "tiny.yaml", QUICK.replace("epochs: 2", "epochs: 10000"))  # training when asked
+    space = write_config(tmp_path / "grid.yaml", "optimizer.lr: [0.003, 0.01]\n")
+    out, study_dir = tmp_path / "out", tmp_path / "out" / "tiny"
+    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", "tune", str(base), "--space", str(space), "--method",
+                             "grid", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not (study_dir / "trial-0000" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # trial 0 has trained an epoch: the signal meets its training
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == code, stderr
+    assert stdout == "" and "Traceback" not in stderr
+    assert f"interrupted by {sig.name}; the study is saved in sqlite:///{study_dir / 'study.db'}; trial 0 is marked " \
+           "interrupted and runs again first. Resume with:" in stderr, stderr
+    assert resume_command(stderr) == shlex.join([
+        "cnnctl", "tune", str(base), "--space", str(space), "--method", "grid", "--metric", "val_acc", "--out",
+        str(out), "--storage", f"sqlite:///{study_dir / 'study.db'}", "--study", "tiny"])
+    assert sorted(p.name for p in study_dir.glob("trial-*")) == ["trial-0000"], "no later trial started"
+    assert (study_dir / "trial-0000" / "last.pt").is_file() and not (study_dir / "trial-0000" / "summary.json").exists()
+    interrupted, retry = load_study(study_dir, "tiny").get_trials()
+    assert interrupted.state.name == "FAIL" and interrupted.user_attrs["interrupted"] == sig.name
+    assert interrupted.user_attrs["run_dir"] == str(study_dir / "trial-0000")
+    assert retry.state.name == "WAITING" and retry.params == interrupted.params
+
+    if sig == signal.SIGINT:  # the printed command resumes the grid: the interrupted point first, then the other
+        write_config(base, QUICK.replace("epochs: 2", "epochs: 1"))
+        resumed = cli(*shlex.split(resume_command(stderr))[1:])
+        assert resumed.exit_code == 0, resumed.output
+        rows = read_trials(study_dir)
+        assert [r["state"] for r in rows] == ["interrupted", "complete", "complete"]
+        assert float(rows[1]["optimizer.lr"]) == float(rows[0]["optimizer.lr"])
+        assert sorted(float(r["optimizer.lr"]) for r in rows[1:]) == [0.003, 0.01]
+
+
+@pytest.mark.parametrize("when", ["before training", "after the trial"])
+def test_a_signal_outside_training_stops_the_search_too(cli, tmp_path, monkeypatch, when):
+    from cnnctl.tune import search
+
+    base = write_config(tmp_path / "tiny.yaml", QUICK.replace("epochs: 2", "epochs: 1"))
+    train = search._train_trial
+
+    def train_and_signal(cfg, pruning):  # SIGTERM while the trial is set up, or once it has finished
+        if when == "before training":
+            os.kill(os.getpid(), signal.SIGTERM)
+        summary = train(cfg, pruning)
+        if when == "after the trial":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return summary
+
+    monkeypatch.setattr(search, "_train_trial", train_and_signal)
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    space = write_config(tmp_path / "grid.yaml", "optimizer.lr: [0.003, 0.01]\n")
+    result = cli("tune", base, "--space", space, "--method", "grid", "--out", tmp_path / "out")
+
+    assert result.exit_code == 143, result.output
+    study_dir = tmp_path / "out" / "tiny"
+    assert resume_command(result.stderr).endswith(f"--storage sqlite:///{study_dir / 'study.db'} --study tiny")
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers, "handlers restored"
+    assert sorted(p.name for p in study_dir.glob("trial-*")) == ["trial-0000"], "no later trial started"
+    trials = load_study(study_dir, "tiny").get_trials()
+    if when == "before training":  # stopped at its first step, last.pt saved there
+        assert [t.state.name for t in trials] == ["FAIL", "WAITING"] and trials[0].user_attrs["epochs"] == 0
+        assert "trial 0 is marked interrupted" in result.stderr
+        assert (study_dir / "trial-0000" / "last.pt").is_file()
+    else:  # the finished trial stands; nothing to run again
+        assert [t.state.name for t in trials] == ["COMPLETE"] and "marked interrupted" not in result.stderr
+
+
+@pytest.mark.parametrize(("study", "expected"), [
+    ("-x", "run name '-x' starts with '-'"),  # issue 23.8: ran every trial, then failed on a --set never given
+    ("s" * 300, "is 300 characters long: at most 80"),  # issue 23.7: refused as bad input before the storage
+    ("a/b", "holds a path separator"),
+])
+def test_study_name_is_checked_before_the_storage_or_any_trial(cli, base, tmp_path, study, expected):
+    space = write_config(tmp_path / "space.yaml", "optimizer.lr: [0.01, 0.1]\n")
+    db = tmp_path / "study.db"
+    result = cli("tune", base, "--space", space, "--storage", f"sqlite:///{db}", "--study", study,
+                 "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: --study: ") and expected in result.stderr, result.stderr
+    assert len(result.stderr) < 1_000 and "Traceback" not in result.output
+    assert not db.exists() and not (tmp_path / "out").exists()
+
+
+def test_long_config_name_asks_for_a_study_name(cli, tmp_path):
+    cfg = write_config(tmp_path / "long.yaml", TINY.replace("name: tiny", f"name: {'n' * 90}"))
+    space = write_config(tmp_path / "space.yaml", "optimizer.lr: [0.01, 0.1]\n")
+    result = cli("tune", cfg, "--space", space, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {cfg}: name: study name "), result.stderr
+    assert "choose a shorter one with --study" in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("storage", "expected"), [
+    ("bogus", "not a database URL"),
+    ("sqlite:///{tmp}/missing/study.db", "the folder {tmp}/missing does not exist"),
+    ("postgresql://me:secret@host:port/db", "'postgresql://me:***@host:port/db': not a database URL"),
+])
+def test_storage_is_checked_before_the_config_or_any_trial(cli, base, tmp_path, storage, expected):
+    space = write_config(tmp_path / "space.yaml", "optimizer.lr: [0.01, 0.1]\n")
+    result = cli("tune", base, "--space", space, "--storage", storage.format(tmp=tmp_path), "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: --storage ") and expected.format(tmp=tmp_path) in result.stderr
+    assert "secret" not in result.stderr and not (tmp_path / "out").exists()

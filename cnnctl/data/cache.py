@@ -8,11 +8,11 @@
   augmentation and resume guarantees, so a cached run and a streamed run with one seed give the same weights).
 - ``disk``: as ``memory``, and the decoded tensor is also written to ``CACHE_DIR/imagefolder-HxWxC-ROOTID.pt``
   (``data.cache_dir``, by default ``ROOT/.cnnctl-cache/``, which imagefolder skips as a hidden folder), so the
-  next run starts without decoding. The file holds the list of files it was made from with their sizes and
-  modification times, the image size and channels, and a digest of the pixels: a changed, added or removed file
-  or a different size makes it out of date (rebuilt); a file that cannot be read back intact (truncated, corrupt)
-  is rebuilt with a warning, never trusted. It is written atomically, and a cache folder that cannot be written
-  costs a warning, not the run.
+  next run starts without decoding. The file holds the list of files it was made from, a key over their sizes and
+  modification times (with ``data.cache_verify: true``, their contents), the image size and channels, and a digest
+  of the pixels: a changed, added or removed file or a different size makes it out of date (rebuilt); a file that
+  cannot be read back intact (truncated, corrupt) is rebuilt with a warning, never trusted. It is written
+  atomically, and a cache folder that cannot be written (read-only, a full disk) costs a warning, not the run.
 - ``auto``: ``memory`` when the decoded images fit in ``MEMORY_FRACTION`` of the memory available (the RAM
   available now, shared by the processes of this machine, and the free memory of the GPU when training on CUDA),
   otherwise ``none``; the log says which it chose and why.
@@ -31,7 +31,8 @@ import torch
 
 from cnnctl.config import DataConfig
 from cnnctl.data.splits import DataBundle, FileSplit, TensorSplit
-from cnnctl.errors import DataError, TrainingError
+from cnnctl.errors import DataError, WriteError
+from cnnctl.io import writing
 
 log = logging.getLogger("cnnctl")
 
@@ -71,7 +72,7 @@ def decode_once(bundle: DataBundle, cfg: DataConfig, device: torch.device | str 
     cached = None
     if mode == "disk":
         path = cache_path(cfg, channels, size)
-        entries = file_entries(files, Path(cfg.root))
+        entries = file_entries(files, Path(cfg.root), verify=cfg.cache_verify)
         key = cache_key(entries, channels, size)
         cached = read_cache(path, key, (channels, *size))
     if cached is not None:
@@ -171,16 +172,30 @@ def cache_path(cfg: DataConfig, channels: int, size: tuple[int, int]) -> Path:
     return folder / f"imagefolder-{size[0]}x{size[1]}x{channels}-{root_id}.pt"
 
 
-def file_entries(files: list[Path], root: Path) -> list[list[Any]]:
-    """``[path relative to root, size, mtime in ns]`` of each file, in order; what the cache is keyed by."""
+def file_entries(files: list[Path], root: Path, *, verify: bool = False) -> list[list[Any]]:
+    """``[path relative to root, size, mtime in ns]`` of each file, in order; what the cache is keyed by.
+
+    ``verify`` (``data.cache_verify``): a digest of the file's bytes in place of its mtime. An image edited in place
+    whose size and mtime were kept (restored by a sync tool, or within the file system's mtime resolution) then
+    still makes the cache out of date, at the cost of reading every file each run.
+    """
     entries = []
     for f in files:
         try:
             st = os.stat(f)
+            stamp = _file_digest(f) if verify else st.st_mtime_ns
         except OSError as e:
             raise DataError(f"cannot read: {e.strerror or e}", file=str(f)) from None
-        entries.append([os.path.relpath(f, root), st.st_size, st.st_mtime_ns])
+        entries.append([os.path.relpath(f, root), st.st_size, stamp])
     return entries
+
+
+def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cache_key(entries: list[list[Any]], channels: int, size: tuple[int, int]) -> str:
@@ -232,16 +247,19 @@ def read_cache(path: Path, key: str, shape: tuple[int, int, int]) -> tuple[torch
 
 
 def write_cache(path: Path, key: str, entries: list[list[Any]], images: torch.Tensor) -> None:
-    """Write the cache atomically; a folder that cannot be written is a warning (the run goes on from memory)."""
+    """Write the cache atomically; a folder that cannot be written (read-only, a full disk) is a warning: the run
+    trains from memory without it."""
     from cnnctl.checkpoint import atomic_write
 
     payload = {"format": CACHE_FORMAT, "key": key, "files": [name for name, _, _ in entries], "images": images,
                "digest": _pixels_digest(images)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with writing(path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: torch.save(payload, f))
-    except (OSError, TrainingError) as e:
-        log.warning("data.cache disk: could not write the cache %s (%s); this run goes on from memory, the next "
-                    "will decode again. Set data.cache_dir to a writable folder", path, str(e).splitlines()[0])
+    except WriteError as e:
+        log.warning("data.cache disk: could not write the cache %s: %s; this run trains without it, from the %s "
+                    "decoded in memory, and the next run decodes again. Set data.cache_dir to a writable folder "
+                    "with room for it", path, e.reason, _size(images.numel()))
         return
     log.info("data.cache disk: wrote %d decoded images (%s) to %s", len(images), _size(images.numel()), path)

@@ -19,13 +19,15 @@ import torch
 from cnnctl.config import DataConfig
 from cnnctl.data.base import DataBundle, TensorSplit
 from cnnctl.errors import DataError
+from cnnctl.io import removing_new_folders
 
 
 def _open(cls: type, cfg: DataConfig, train: bool) -> Any:
-    """``cls(root, train, download)``; any failure becomes a DataError that says what is missing and how to mend."""
+    """``cls(root, train, download)``; any failure becomes a DataError that says what is missing and how to mend,
+    and the folders a failed download made (``ROOT/MNIST/raw``, or ``ROOT`` itself) are removed again."""
     try:
         # torchvision prints "Downloading ..." on stdout, which `--json` keeps for its one document.
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), removing_new_folders(_dataset_folder(cls, Path(cfg.root))):
             return cls(root=cfg.root, train=train, download=cfg.download)
     except Exception as e:  # RuntimeError (not found, download failed), URLError, OSError, corrupt pickles or IDX
         reason = " ".join(str(e).split()) or type(e).__name__
@@ -35,10 +37,15 @@ def _open(cls: type, cfg: DataConfig, train: bool) -> Any:
         raise DataError(_missing_help(cls, cfg, reason), key="data.root") from None
 
 
+def _dataset_folder(cls: type, root: Path) -> Path:
+    """Where torchvision keeps ``cls``'s files under ``root``."""
+    return root / cls.__name__ / "raw" if hasattr(cls, "resources") else root / cls.base_folder
+
+
 def _missing_help(cls: type, cfg: DataConfig, reason: str) -> str:
     root = Path(cfg.root)
+    folder = _dataset_folder(cls, root)
     if hasattr(cls, "resources"):  # the MNIST family
-        folder = root / cls.__name__ / "raw"
         archives = [name for name, _ in cls.resources]
         needs = (f"{folder}/ with {', '.join(os.path.splitext(a)[0] for a in archives)} "
                  f"(or the archives {', '.join(archives)}, which download: true extracts)")
@@ -46,7 +53,6 @@ def _missing_help(cls: type, cfg: DataConfig, reason: str) -> str:
         copy = f"copy the four .gz archives into {folder}/"
         holder = f"{cls.__name__}/raw/"
     else:  # CIFAR
-        folder = root / cls.base_folder
         files = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
         needs = f"{folder}/ with {', '.join(files)} (or {root / cls.filename}, which download: true extracts)"
         checks = [(folder / name, md5) for name, md5 in cls.train_list + cls.test_list]

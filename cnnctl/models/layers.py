@@ -4,9 +4,10 @@ loads), shapes inferred and checked, and its size checked, without running or al
 Shapes are tracked as
 (C, H, W) for a feature map and (F,) for a vector, so ``in_channels`` and ``in_features`` are inferred, and a
 layer that cannot take what reaches it is reported before torch runs anything, as ``model.layers[3] (conv)``
-(``model.layers[5].residual[0] (conv)`` inside a residual block), with the arithmetic. Before any weight is allocated the parameter count and the activations per image are
-checked against :data:`MAX_ELEMENTS` and the memory available, so that a layer too large to build is named with
-its figure instead of ending in the allocator's traceback.
+(``model.layers[5].residual[0] (conv)`` inside a residual block), with the arithmetic. Before any weight is allocated
+the parameter count and the activations per image are checked against :data:`cnnctl.models.limits.MAX_ELEMENTS` and
+the memory available, so that a layer too large to build is named with its figure instead of ending in the
+allocator's traceback.
 
 Kinds and their arguments (kernels are square; the types are checked by :class:`cnnctl.models.specs.Layer`):
 
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from cnnctl.errors import ConfigError, ShapeError
+from cnnctl.models.limits import LayerSize, check_size, shape_text
 from cnnctl.models.specs import Layer, as_layers
 
 Shape = tuple[int, ...]  # (C, H, W) for a feature map, (F,) for a vector
@@ -74,15 +76,11 @@ class Custom(nn.Module):
 # ---------------------------------------------------------------- shape arithmetic
 
 
-def _show(shape: Shape) -> str:
-    return "x".join(map(str, shape)) + (" map" if len(shape) == 3 else " features")
-
-
 def _out_side(size: int, kernel: int, stride: int, padding: int, where: str, shape: Shape) -> int:
     out = (size + 2 * padding - kernel) // stride + 1
     if out < 1:
         raise ShapeError(
-            f"{where}: a {kernel}x{kernel} kernel does not fit the {_show(shape)} that reaches it: "
+            f"{where}: a {kernel}x{kernel} kernel does not fit the {shape_text(shape)} that reaches it: "
             f"out = floor(({size} + 2*{padding} - {kernel}) / {stride}) + 1 = {out}; use a smaller kernel, more "
             "padding, fewer pooling layers before it, or a larger data.image_size"
         )
@@ -97,18 +95,6 @@ def _need_map(shape: Shape, where: str) -> tuple[int, int, int]:
         )
     c, h, w = shape
     return c, h, w
-
-
-# ---------------------------------------------------------------- size limits
-
-# A billion float32 numbers is 3.7 GiB: as weights that is before their gradients and the optimizer's state (Adam
-# keeps two more copies), as one image's activations before a batch of them. The largest networks cnnctl's users
-# train are far below (VGG-19: 144M parameters, 15M activations per 224x224 image).
-MAX_ELEMENTS = 1_000_000_000
-
-
-def _gib(elements: int) -> str:
-    return f"{elements * 4 / 2**30:,.1f} GiB"
 
 
 # ---------------------------------------------------------------- one plan per kind
@@ -166,12 +152,12 @@ def _flatten(a: Any, shape: Shape, where: str, num_classes: int) -> Planned:
 def _linear(a: Any, shape: Shape, where: str, num_classes: int) -> Planned:
     if len(shape) != 1:
         raise ShapeError(
-            f"{where}: gets a {_show(shape)}; add `flatten` before it (or `adaptive_avgpool: 1` then `flatten`)"
+            f"{where}: gets a {shape_text(shape)}; add `flatten` before it (or `adaptive_avgpool: 1` then `flatten`)"
         )
     given = getattr(a, "in")
     if given is not None and given != shape[0]:
         raise ShapeError(
-            f"{where}: in = {given} but {shape[0]} features reach it ({_show(shape)}); remove `in` (it is "
+            f"{where}: in = {given} but {shape[0]} features reach it ({shape_text(shape)}); remove `in` (it is "
             f"inferred) or set it to {shape[0]}"
         )
     n_in, out = shape[0], a.out if a.out is not None else num_classes
@@ -199,14 +185,14 @@ def _residual(branch: list[Layer], shape: Shape, where: str, num_classes: int) -
         return Planned(where, lambda: Residual(make_branch()), out, params, f"{params:,}", activations)
     if len(shape) != 3 or len(out) != 3:
         raise ShapeError(
-            f"{where}: its branch turns the {_show(shape)} into {_show(out)}; a shortcut can only add maps to maps: "
+            f"{where}: its branch turns the {shape_text(shape)} into {shape_text(out)}; a shortcut can only add maps to maps: "
             "keep flatten and linear outside the residual block"
         )
     # A 1x1 conv of stride s (no padding) gives floor((side - 1) / s) + 1: try the stride the sizes suggest.
     stride = shape[1] // out[1]
     if stride < 1 or any((side - 1) // stride + 1 != o for side, o in zip(shape[1:], out[1:], strict=True)):
         raise ShapeError(
-            f"{where}: its branch turns the {_show(shape)} into {_show(out)}, which no 1x1 projection shortcut can "
+            f"{where}: its branch turns the {shape_text(shape)} into {shape_text(out)}, which no 1x1 projection shortcut can "
             "match (it can change the channels and shrink the map by a whole stride); keep the spatial size "
             "(padding = kernel // 2) or halve it with stride 2"
         )
@@ -251,30 +237,17 @@ def plan_layers(
     return steps, shape
 
 
+def _size(step: Planned) -> LayerSize:
+    counted = f"{step.params:,}"
+    formula = counted if step.formula == counted else f"{step.formula} = {counted}"
+    return LayerSize(step.where, step.params, formula, step.activations, shape_text(step.shape))
+
+
 def _check_size(steps: list[Planned]) -> None:
     """Refuse a network too large to allocate, naming its largest layer, before a single weight exists."""
-    params = sum(step.params for step in steps)
-    activations = sum(step.activations for step in steps)
-    from cnnctl.runtime import available_memory
-
-    memory = available_memory()
-    if params > MAX_ELEMENTS or (memory is not None and params * 4 > memory):
-        big = max(steps, key=lambda step: step.params)
-        limit = f"cnnctl's limit of {MAX_ELEMENTS:,} ({_gib(MAX_ELEMENTS)})"
-        if params <= MAX_ELEMENTS and memory is not None:
-            limit = f"the {memory / 2**30:,.1f} GiB of memory available"
-        raise ConfigError(
-            f"model.layers: the network would have {params:,} parameters ({_gib(params)} of float32 weights, before "
-            f"gradients and optimizer state), over {limit}; {big.where} alone has {big.formula} = {big.params:,}. "
-            "Use fewer channels (conv out) or smaller linear layers (pool or stride before flatten)"
-        )
-    if activations > MAX_ELEMENTS:
-        big = max(steps, key=lambda step: step.activations)
-        raise ConfigError(
-            f"model.layers: one image would make {activations:,} activations ({_gib(activations)} of float32), over "
-            f"cnnctl's limit of {MAX_ELEMENTS:,}; {big.where} alone outputs {_show(big.shape)} = {big.activations:,}. "
-            "Use fewer channels, a smaller data.image_size, or pool or stride earlier"
-        )
+    check_size([_size(step) for step in steps], key="model.layers",
+               mend_params="Use fewer channels (conv out) or smaller linear layers (pool or stride before flatten)",
+               mend_activations="Use fewer channels, a smaller data.image_size, or pool or stride earlier")
 
 
 def check_layers(layers: Sequence[Layer | Any], *, in_channels: int, image_size: tuple[int, int], num_classes: int) -> Shape:
@@ -300,7 +273,7 @@ def custom(
     steps, shape = plan_layers(layers, (in_channels, *image_size), num_classes, "model.layers")
     if shape != (num_classes,):
         raise ShapeError(
-            f"model.layers: the last layer gives {'a ' if len(shape) == 3 else ''}{_show(shape)}, but the network "
+            f"model.layers: the last layer gives {'a ' if len(shape) == 3 else ''}{shape_text(shape)}, but the network "
             f"must end with {num_classes} class scores; end with `flatten` and `linear` (a linear without out gives "
             "one output per class)"
         )

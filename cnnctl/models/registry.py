@@ -7,7 +7,9 @@ and returning a CPU ``nn.Module``.
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.errors import ConfigError
@@ -39,7 +41,49 @@ _OPTIONS = {"stem": "auto", "dropout": 0.0, "activation": "auto", "pool": "auto"
 
 
 def create_model(cfg: ModelConfig, *, in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
-    """Build the config's network for inputs of ``in_channels`` x ``image_size`` and ``num_classes`` outputs."""
+    """Build the config's network for inputs of ``in_channels`` x ``image_size`` and ``num_classes`` outputs.
+
+    A network too large to allocate is refused (ConfigError) before it is: its parameters are counted on the meta
+    device first, its activations per image on a batch of zero images once it is built (``limits``).
+    """
+    from cnnctl.models import limits
+
+    build = _builder(cfg, in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    messages = _size_messages(cfg, in_channels, image_size)
+    _check_parameters(build, messages)
+    model = build()
+    # counted again on the real network: a builder that cannot run on the meta device is checked here
+    sizes = limits.parameter_sizes(model) + (limits.activation_sizes(model, (in_channels, *image_size)) or [])
+    limits.check_size(sizes, **messages)
+    return model
+
+
+def check_model_size(cfg: ModelConfig, *, in_channels: int, image_size: tuple[int, int], num_classes: int) -> None:
+    """Refuse (ConfigError) a network with more parameters than cnnctl builds or the memory holds, allocating
+    nothing: called before the data is loaded, it spares reading a dataset for a network that cannot be built."""
+    build = _builder(cfg, in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    _check_parameters(build, _size_messages(cfg, in_channels, image_size))
+
+
+def _check_parameters(build: Callable[[], nn.Module], messages: dict[str, str]) -> None:
+    from cnnctl.models import limits
+
+    meta = limits.meta_network(build)
+    if meta is not None:
+        limits.check_size(limits.parameter_sizes(meta), **messages)
+
+
+def _size_messages(cfg: ModelConfig, in_channels: int, image_size: tuple[int, int]) -> dict[str, str]:
+    return {
+        "key": f"model.arch {cfg.arch!r} on {in_channels}x{image_size[0]}x{image_size[1]} images",
+        "mend_params": "Use a smaller data.image_size (a classifier on the flattened map grows with the image) or a "
+                       "smaller arch",
+        "mend_activations": "Use a smaller data.image_size or a shallower arch",
+    }
+
+
+def _builder(cfg: ModelConfig, *, in_channels: int, image_size: tuple[int, int], num_classes: int) -> Callable[[], nn.Module]:
+    """The config's builder with its arguments bound; ConfigError for an option the arch does not have."""
     if cfg.arch.startswith("torchvision."):
         from cnnctl.models.tv import torchvision_model
 
@@ -60,4 +104,4 @@ def create_model(cfg: ModelConfig, *, in_channels: int, image_size: tuple[int, i
             kwargs[key] = value
         elif value != unset:
             raise ConfigError(f"model.{key}: arch {cfg.arch!r} has no such option; remove it (set it back to {unset!r})")
-    return builder(**kwargs)
+    return functools.partial(builder, **kwargs)

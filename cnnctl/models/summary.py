@@ -284,7 +284,7 @@ def arithmetic(module: nn.Module, in_shape: list[int] | tuple[int, ...]) -> str 
     return h if h == w else f"H: {h}; W: {w}"
 
 
-def _param_formula(m: nn.Module) -> str | None:
+def param_formula(m: nn.Module) -> str | None:
     if isinstance(m, nn.Conv2d):
         kh, kw = m.kernel_size
         cin = m.in_channels // m.groups
@@ -345,7 +345,7 @@ def explain(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str, An
                     jump[axis] *= max(size // side, 1)
         elif isinstance(m, nn.Flatten):
             row["arithmetic"] = f"flatten: {'*'.join(map(str, in_shape))} = {math.prod(in_shape):,}"
-        formula = _param_formula(m)
+        formula = param_formula(m)
         if formula is not None:
             row["params"] = sum(p.numel() for p in m.parameters())
             row["param_formula"] = formula

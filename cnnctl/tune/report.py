@@ -33,7 +33,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def trial_rows(trials: list[Any], params: list[Param], states: Any) -> list[dict[str, Any]]:
-    """One plain row per optuna trial: number, state, values, epochs, seconds, run directory, note."""
+    """One plain row per optuna trial: number, state, values, epochs, seconds, run directory, note. A trial a
+    signal stopped (failed to optuna) is "interrupted"."""
     names = {states.COMPLETE: "complete", states.PRUNED: "pruned", states.FAIL: "failed", states.RUNNING: "running",
              states.WAITING: "waiting"}
     rows = []
@@ -43,7 +44,8 @@ def trial_rows(trials: list[Any], params: list[Param], states: Any) -> list[dict
         if seconds is None and t.datetime_start and t.datetime_complete:
             seconds = round((t.datetime_complete - t.datetime_start).total_seconds(), 3)
         value = attrs.get("value", t.value if t.state == states.COMPLETE else None)
-        rows.append({"trial": t.number, "state": names.get(t.state, t.state.name.lower()), "value": value,
+        state = "interrupted" if "interrupted" in attrs else names.get(t.state, t.state.name.lower())
+        rows.append({"trial": t.number, "state": state, "value": value,
                      "params": {p.key: t.params.get(p.key) for p in params}, "epochs": attrs.get("epochs"),
                      "seconds": seconds, "run_dir": attrs.get("run_dir"),
                      "note": attrs.get("error") or attrs.get("note")})

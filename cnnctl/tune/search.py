@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
+import shlex
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cnnctl.config import Config, load_config
-from cnnctl.errors import CnnctlError, TrainingError, UsageError, first_line
+from cnnctl.config import Config, check_run_name, load_config, short_repr
+from cnnctl.errors import CnnctlError, Interrupted, TrainingError, UsageError, WriteError, first_line
 from cnnctl.hooks import Hook
 from cnnctl.registry import did_you_mean
 from cnnctl.tune.report import format_value, report, trial_rows, update_summary, write_text
@@ -30,13 +33,16 @@ from cnnctl.tune.space import (
     trial_config,
     yaml_value,
 )
-from cnnctl.tune.study import METHODS, import_optuna, make_pruner, make_sampler, mask, open_study
+from cnnctl.tune.study import METHODS, check_storage, import_optuna, make_pruner, make_sampler, mask, open_study
 
 log = logging.getLogger("cnnctl.tune")
 
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 FINISHED = ("complete", "pruned", "failed")
 DEFAULT_TRIALS = 20  # random/tpe without --trials or --timeout
+# A study name is its folder in --out and, with "-best", best.yaml's run name: room is left for that suffix and for
+# the "-N" of a folder that already exists (RUN_NAME_MAX is 100).
+STUDY_NAME_MAX = 80
 
 
 def _train_trial(cfg: Config, pruning: _Pruning) -> dict[str, Any]:
@@ -58,14 +64,55 @@ class _TrialFailed(Exception):
     """A trial whose run raised CnnctlError: optuna marks it failed and the study goes on."""
 
 
+class _StopSignal:
+    """SIGINT/SIGTERM while the trials run: the first stops the search, a second quits at once (as in training).
+
+    The handler only notes the signal, so no optuna or storage call is cut short: no trial starts after it, and a
+    trial being set up is stopped at its first step (``_Pruning``). Inside training the engine's ``Interruption``
+    hook holds the signals itself: it saves last.pt after the current step and ``train`` raises ``Interrupted``.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # second signal: leave now
+            os._exit(128 + signum)
+        self.signum = signum
+        log.warning("%s received: stopping the search and saving the study (press Ctrl-C again to quit at once)",
+                    signal.Signals(signum).name)
+
+    def after_trial(self, study: Any, trial: Any) -> None:
+        """An optuna callback: no trial starts after a signal."""
+        if self.signum is not None:
+            study.stop()
+
+
 class _Pruning(Hook):
     """A training hook: sees each epoch's metrics row of one trial, reports the metric to optuna and, when the
-    pruner says so, stops the run with a sentence (as early stopping would)."""
+    pruner says so, stops the run with a sentence (as early stopping would). It also hands a signal that came
+    before training held the signals to the run, which the ``Interruption`` hook (after it) then saves and stops."""
 
-    def __init__(self, trial: Any, metric: str) -> None:
-        self.trial, self.metric = trial, metric
+    def __init__(self, trial: Any, metric: str, stop: _StopSignal) -> None:
+        self.trial, self.metric, self.stop = trial, metric, stop
         self.rows: list[dict[str, Any]] = []
         self.reason: str | None = None
+
+    def on_step_end(self, run: Any, state: Any) -> None:
+        if self.stop.signum is not None and run.interrupted is None:
+            run.interrupted = self.stop.signum
 
     def on_epoch_end(self, run: Any, row: dict[str, Any]) -> None:
         if run.stop_reason is None:
@@ -93,9 +140,10 @@ class _Objective:
     """One trial: the base config with the trial's values, trained to its end, a pruning decision, or a failure."""
 
     def __init__(self, study: Any, params: list[Param], base: dict[str, Any], source: str, study_dir: Path,
-                 metric: str, direction: str) -> None:
+                 metric: str, direction: str, stop: _StopSignal) -> None:
         self.study, self.params, self.base, self.source = study, params, base, source
-        self.study_dir, self.metric, self.direction = study_dir, metric, direction
+        self.study_dir, self.metric, self.direction, self.stop = study_dir, metric, direction, stop
+        self.interrupted: int | None = None  # the number of the trial a signal stopped
 
     def best(self, values: list[float]) -> float:
         return max(values) if self.direction == "maximize" else min(values)
@@ -107,10 +155,12 @@ class _Objective:
         values = {p.key: p.suggest(trial) for p in self.params}
         trial.set_user_attr("overrides", overrides_for(values))
         log.info("trial %d: %s", n, "  ".join(f"{k}={format_value(v)}" for k, v in values.items()))
-        pruning = _Pruning(trial, self.metric)
+        pruning = _Pruning(trial, self.metric, self.stop)
         t0 = time.perf_counter()
         run_dir = self.study_dir / f"trial-{n:04d}"
         try:
+            if self.stop.signum is not None:  # the signal came while the sampler chose this trial
+                raise Interrupted(self.stop.signum)
             cfg = trial_config(self.base, values, f"{self.source} (trial {n})",
                                [f"name={run_dir.name}", f"out={yaml_value(str(self.study_dir))}"])
             run_dir = Path(_train_trial(cfg, pruning)["run_dir"])
@@ -118,12 +168,21 @@ class _Objective:
             if not scores:
                 raise TrainingError(f"no epoch reported {self.metric} (is there a validation split?); choose another "
                                     "--metric or set data.val_split > 0")
+        except Interrupted as e:  # optuna marks the trial failed and re-raises: the search stops
+            name = signal.Signals(e.signum).name
+            self._record(trial, run_dir, pruning.rows, time.perf_counter() - t0, None)
+            trial.set_user_attr("interrupted", name)
+            trial.set_user_attr("note", f"interrupted by {name} after {len(pruning.rows)} epochs; runs again first "
+                                        "when the search is resumed")
+            self.interrupted = n
+            log.warning("trial %d interrupted by %s after %d epochs", n, name, len(pruning.rows))
+            raise
         except CnnctlError as e:
             trial.set_user_attr("error", str(e))
             self._record(trial, run_dir, pruning.rows, time.perf_counter() - t0, None)
             log.warning("trial %d failed: %s", n, e)
             raise _TrialFailed(str(e)) from None
-        except BaseException as e:  # interrupted, or a bug: optuna marks the trial failed and the study ends here
+        except BaseException as e:  # a bug: optuna marks the trial failed and the study ends here
             log.warning("trial %d stopped: %s", n, first_line(e))
             raise
         value = self.best(scores)
@@ -177,8 +236,19 @@ def _quiet_logs() -> Iterator[None]:
         optuna_log.removeFilter(drop)
 
 
+def _check_study_name(name: str, source: str) -> None:
+    """A study name becomes its folder in --out and, with "-best", best.yaml's run name: checked before the storage
+    is opened or any trial runs, as a run name is, with room left for the suffixes."""
+    if len(name) > STUDY_NAME_MAX:
+        how = "" if source == "--study" else "; choose a shorter one with --study"
+        raise UsageError(f"study name {short_repr(name)} is {len(name):,} characters long: at most {STUDY_NAME_MAX}, "
+                         "leaving room for the '-best' of best.yaml's run name and the '-N' of a folder that already "
+                         f"exists{how}", file=source)
+    check_run_name(name, source)
+
+
 def _check_args(method: str, metric: str, trials: int | None, timeout: float | None, ensemble_top: int,
-                study: str | None) -> None:
+                study: str | None, storage: str | None) -> None:
     if method not in METHODS:
         raise UsageError(f"--method {method!r}: choose grid, random or tpe{did_you_mean(method, METHODS)}")
     if metric not in METRICS:
@@ -189,8 +259,135 @@ def _check_args(method: str, metric: str, trials: int | None, timeout: float | N
         raise UsageError(f"--timeout {timeout}: give a positive number of seconds")
     if ensemble_top < 0 or ensemble_top == 1:
         raise UsageError(f"--ensemble-top {ensemble_top}: an ensemble needs at least 2 members (0: none)")
-    if study is not None and (not study.strip() or "/" in study or "\\" in study or study in (".", "..")):
-        raise UsageError(f"--study {study!r}: the name is also a folder name; use letters, digits, - and _")
+    if study is not None:
+        _check_study_name(study, "--study")
+    if storage is not None:
+        check_storage(storage)
+
+
+def _counted(study: Any) -> int:
+    """The trials that count against --trials: all but those waiting to run and those a signal stopped (the retry
+    of an interrupted trial counts in its place)."""
+    from optuna.trial import TrialState
+
+    return sum(t.state != TrialState.WAITING and "interrupted" not in t.user_attrs
+               for t in study.get_trials(deepcopy=False))
+
+
+class _StopAtTotal:
+    """optuna's MaxTrialsCallback, counting as ``_counted`` does: processes sharing a study stop at its total."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        if _counted(study) >= self.total:
+            study.stop()
+
+
+def _queue_retry(optuna: Any, study: Any, number: int) -> None:
+    """Queue interrupted trial ``number`` to run first when the search resumes, with the same values (and grid
+    point: its system attributes go with it, as optuna's RetryFailedTrialCallback does)."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs={**trial.system_attrs, "cnnctl_retry_of": number}))
+
+
+def _save_in_memory(optuna: Any, study: Any, study_dir: Path) -> str:
+    """Copy an in-memory study to STUDY_DIR/study.db, named as its folder, so the search can be resumed; its URL."""
+    db = study_dir / "study.db"
+    url = f"sqlite:///{db}"
+    try:
+        copy = optuna.create_study(storage=url, study_name=study_dir.name, direction=study.direction)
+        for key, value in study.user_attrs.items():
+            copy.set_user_attr(key, value)
+        copy.add_trials(study.get_trials(deepcopy=False))
+    except Exception as e:  # sqlalchemy's errors: a full disk, a folder made read-only meanwhile
+        raise WriteError(str(db), first_line(e)) from None
+    return url
+
+
+def _interrupted(optuna: Any, study: Any, signum: int, trial: int | None, storage: str | None, study_dir: Path,
+                 command: list[str]) -> Interrupted:
+    """The study saved for a resume (the interrupted trial queued again, an in-memory study written to a SQLite
+    file) and the error that says how to resume it; a study that cannot be saved is said so, still 128 + signal."""
+    if trial is not None:
+        _queue_retry(optuna, study, trial)
+    try:
+        url = storage or _save_in_memory(optuna, study, study_dir)
+    except WriteError as e:
+        log.warning("%s; the search cannot be resumed, only run again", e)
+        return Interrupted(signum)
+    name = study_dir.name if storage is None else study.study_name
+    words = [*command, "--storage", mask(url) or url, "--study", name]
+    saved = f"the study is saved in {mask(url)}"
+    if trial is not None:
+        saved += f"; trial {trial} is marked interrupted and runs again first"
+    if mask(url) != url:
+        saved += " (put the storage's password back in the command)"
+    return Interrupted(signum, shlex.join(words), saved=saved)
+
+
+def _tune_command(config: str, space: str, overrides: list[str] | None, flags: dict[str, Any]) -> list[str]:
+    """``cnnctl tune`` with the arguments given (``flags``: None and False left out, True a bare flag)."""
+    words = ["cnnctl", "tune", config, "--space", space]
+    for override in overrides or []:
+        words += ["--set", override]
+    for flag, value in flags.items():
+        if value is not None and value is not False:
+            words += [flag] if value is True else [flag, str(value)]
+    return words
+
+
+def _run_trials(study: Any, objective: _Objective, budget: int | None, timeout: float | None,
+                total: int | None) -> int | None:
+    """Run the trials until the budget, the timeout or a signal; the signal's number, or None."""
+    callbacks = [_StopAtTotal(total)] if total is not None else []
+    try:
+        with _quiet_logs():
+            study.optimize(objective, n_trials=budget, timeout=timeout, catch=(_TrialFailed,),
+                           callbacks=[*callbacks, objective.stop.after_trial])
+    except Interrupted as e:
+        return e.signum
+    return objective.stop.signum
+
+
+def _search(optuna: Any, study: Any, objective: _Objective, method: str, total: int | None, timeout: float | None,
+            storage: str | None, command: list[str]) -> None:
+    """Run the trials the study still lacks; on a signal, save the study and raise ``Interrupted``."""
+    done = _counted(study)
+    budget = None if total is None else total - done
+    where = f"storage {mask(storage)}" if storage else "in memory"
+    log.info("study %s (%s, %s %s, %s): %s", study.study_name, where, objective.direction, objective.metric, method,
+             "no trial limit" if total is None else f"{total} trials in all, {done} already there")
+    if budget is not None and budget <= 0:
+        log.info("the study already has %d trials (--trials %s); raise --trials to run more", done, total)
+        return
+    with objective.stop:  # held until the study is saved: a second signal quits at once
+        signum = _run_trials(study, objective, budget, timeout, total)
+        if signum is not None:
+            raise _interrupted(optuna, study, signum, objective.interrupted, storage, objective.study_dir, command)
+
+
+def _total_trials(method: str, params: list[Param], trials: int | None, timeout: float | None) -> int | None:
+    """The study's total: --trials; else every grid point, no limit with --timeout, or DEFAULT_TRIALS."""
+    if method == "grid":
+        grid_size = math.prod(len(p.choices) for p in params)
+        return min(trials or grid_size, grid_size)
+    return trials if trials is not None else (None if timeout is not None else DEFAULT_TRIALS)
+
+
+def _study_dir(out_root: Path, name: str, *, shared: bool) -> Path:
+    """OUT/NAME for a study in a storage (the processes sharing it share it), a fresh folder for one in memory."""
+    if not shared:
+        return _new_study_dir(out_root, name)
+    path = out_root / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(str(path), e.strerror or first_line(e), note="give --out a writable folder") from None
+    return path
 
 
 def run_tune(config: str, space: str, *, overrides: list[str] | None = None, trials: int | None = None,
@@ -201,50 +398,36 @@ def run_tune(config: str, space: str, *, overrides: list[str] | None = None, tri
 
     ``method`` and ``metric`` are plain strings (``str(enum.value)`` of a CLI choice works too). ``trials`` is the
     study's total number of trials over every process that shares it (a re-run with the same number runs nothing
-    more); grid defaults to every point, random/tpe to 20 (or no limit with ``timeout``).
+    more); grid defaults to every point, random/tpe to 20 (or no limit with ``timeout``). A SIGINT or SIGTERM stops
+    the search: ``errors.Interrupted`` (128 + the signal) with the command that resumes it.
     """
     method, metric = str(getattr(method, "value", method)), str(getattr(metric, "value", metric))
-    _check_args(method, metric, trials, timeout, ensemble_top, study)
+    _check_args(method, metric, trials, timeout, ensemble_top, study, storage)
     base_cfg, config_path = load_config(config, overrides)
     space_path = resolve_space_path(space)
     base = base_cfg.dump()
     params = load_space(space_path, base, str(config_path), grid=method == "grid")
     check_networks(space_path, base, str(config_path), params)
+    study_name = study or base_cfg.name or config_path.stem
+    if study is None:
+        _check_study_name(study_name, f"{config_path}: name")
     optuna = import_optuna()
     from optuna.trial import TrialState
 
-    study_name = study or base_cfg.name or config_path.stem
     direction = "maximize" if metric.endswith("_acc") else "minimize"
-    grid_size = math.prod(len(p.choices) for p in params) if method == "grid" else None
-    total = trials if trials is not None else (None if timeout is not None else DEFAULT_TRIALS)
-    if grid_size is not None:
-        total = min(trials or grid_size, grid_size)
+    total = _total_trials(method, params, trials, timeout)
     sampler = make_sampler(optuna, method, params, seed, shared=storage is not None)
     the_study = open_study(optuna, storage, study_name, sampler=sampler, pruner=make_pruner(optuna, prune),
                            direction=direction, identity={"metric": metric,
                                                           "space": {p.key: p.describe() for p in params}})
-
-    out_root = Path(out or base_cfg.out)
-    if storage is None:
-        study_dir = _new_study_dir(out_root, study_name)
-    else:  # processes sharing a study share its folder
-        study_dir = out_root / study_name
-        study_dir.mkdir(parents=True, exist_ok=True)
+    study_dir = _study_dir(Path(out or base_cfg.out), study_name, shared=storage is not None)
     write_text(study_dir / "space.yaml", space_path.read_text(encoding="utf-8"))
 
-    done = len(the_study.get_trials(deepcopy=False))
-    budget = None if total is None else total - done
-    where = f"storage {mask(storage)}" if storage else "in memory"
-    log.info("study %s (%s, %s %s, %s): %s", study_name, where, direction, metric, method,
-             "no trial limit" if total is None else f"{total} trials in all, {done} already there")
-    if budget is not None and budget <= 0:
-        log.info("the study already has %d trials (--trials %s); raise --trials to run more", done, total)
-    else:
-        objective = _Objective(the_study, params, base, str(config_path), study_dir, metric, direction)
-        callbacks = [optuna.study.MaxTrialsCallback(total, states=None)] if total is not None else []
-        with _quiet_logs():
-            the_study.optimize(objective, n_trials=budget, timeout=timeout, callbacks=callbacks,
-                               catch=(_TrialFailed,))
+    objective = _Objective(the_study, params, base, str(config_path), study_dir, metric, direction, _StopSignal())
+    command = _tune_command(config, space, overrides, {
+        "--method": method, "--metric": metric, "--trials": trials, "--timeout": timeout, "--no-prune": not prune,
+        "--ensemble-top": ensemble_top or None, "--seed": seed or None, "--out": out})
+    _search(optuna, the_study, objective, method, total, timeout, storage, command)
 
     rows = trial_rows(the_study.get_trials(deepcopy=False), params, TrialState)
     info = {"study": study_name, "uid": the_study.user_attrs.get("cnnctl_uid"), "storage": mask(storage),

@@ -11,8 +11,10 @@ import os
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+from cnnctl.config import short_repr
 from cnnctl.errors import ConfigError, UsageError, first_line
 from cnnctl.tune.space import Param
 
@@ -34,6 +36,7 @@ DRIVERS = {
     "pymysql": "pip install pymysql",
     "mysqldb": "pip install mysqlclient",
 }
+STORAGE_FORMS = "Give sqlite:///path.db, postgresql://user:pass@host/db or mysql+pymysql://user:pass@host/db"
 
 
 def import_optuna() -> Any:
@@ -82,8 +85,26 @@ def open_storage(optuna: Any, url: str) -> Any:
             last = e
             time.sleep(0.2 * (attempt + 1))
     first = first_line(last) if last else "unknown error"
-    raise ConfigError(f"--storage {mask(url)}: cannot open it ({first[:200]}). Give sqlite:///path.db, "
-                      "postgresql://user:pass@host/db or mysql+pymysql://user:pass@host/db")
+    raise ConfigError(f"--storage {mask(url)}: cannot open it ({first[:200]}). {STORAGE_FORMS}")
+
+
+def check_storage(url: str) -> None:
+    """Refuse a storage URL that cannot work before the config is read or a trial runs (opening it would fail only
+    after retries): one SQLAlchemy cannot parse, or a SQLite file whose folder does not exist."""
+    try:
+        from sqlalchemy.engine import make_url
+    except ImportError:  # no SQLAlchemy, so no optuna: import_optuna says what to install
+        return
+    try:
+        parsed = make_url(url)
+    except Exception:  # ArgumentError, or a ValueError from a malformed port
+        raise ConfigError(f"--storage {short_repr(mask(url))}: not a database URL. {STORAGE_FORMS}") from None
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:"):
+        folder = Path(database).parent
+        if not folder.is_dir():
+            raise ConfigError(f"--storage {short_repr(mask(url))}: the folder {folder} does not exist (SQLite creates "
+                              "the file, not its folder); create it or give another path")
 
 
 def make_pruner(optuna: Any, prune: bool) -> Any:

@@ -223,6 +223,8 @@ class TrainConfig(Section):
     channels_last: Literal["auto"] | bool = "auto"
     compile: bool = False
     threads: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = "auto"
+    # cross_entropy, or mse: the squared error of the softmax against the one-hot target (the classic comparison)
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     label_smoothing: Fraction = 0.0
     grad_clip: PositiveFloat | None = None
     early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)

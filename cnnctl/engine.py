@@ -123,10 +123,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterator, num_classes: int, device: torch.device, *,
-             amp_dtype: torch.dtype | None = None, keep_probs: bool = False) -> tuple[EvalAccumulator, torch.Tensor | None]:
-    """Loss (plain cross-entropy), top-1/top-5 hits and the confusion matrix over ``batches``."""
+             amp_dtype: torch.dtype | None = None, keep_probs: bool = False,
+             loss: str = "cross_entropy") -> tuple[EvalAccumulator, torch.Tensor | None]:
+    """Loss (``loss``, without label smoothing), top-1/top-5 hits and the confusion matrix over ``batches``."""
     model.eval()
-    acc = EvalAccumulator(num_classes, device)
+    acc = EvalAccumulator(num_classes, device, loss)
     probs = []
     for x, y in batches:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -216,7 +217,7 @@ def fit(run: Run) -> None:
                                    "epoch_seconds": time.perf_counter() - t0}
             if run.val_loader is not None:
                 acc, _ = evaluate(run.module, run.val_loader.batches(0), len(run.data.classes), run.device,
-                                  amp_dtype=run.amp_dtype)
+                                  amp_dtype=run.amp_dtype, loss=run.config.train.loss)
                 val = run.dist.reduce_eval(acc, run.data.classes)
                 row["val_loss"], row["val_acc"] = val["loss"], val["accuracy"]
             run.history.append(row)

@@ -56,7 +56,7 @@ class _Setup:
     amp_dtype: Any
     scaler: Any
     grad_clip: float | None
-    label_smoothing: float
+    criterion: Any  # train.loss, as training builds it
     device: Any
 
 
@@ -65,6 +65,7 @@ def _assemble(config: Config, device: str | None) -> _Setup:
     import torch
 
     from cnnctl.distributed import DistContext
+    from cnnctl.losses import create_loss
     from cnnctl.optim import create_optimizer
     from cnnctl.run import assemble
 
@@ -74,7 +75,7 @@ def _assemble(config: Config, device: str | None) -> _Setup:
     optimizer = create_optimizer(run.model, config.optimizer)
     scaler = torch.amp.GradScaler(run.device.type) if run.amp_dtype == torch.float16 else None
     return _Setup(run.model, optimizer, run.train_loader.batches, run.amp_dtype, scaler, config.train.grad_clip,
-                  config.train.label_smoothing, run.device)
+                  create_loss(config.train.loss, config.train.label_smoothing), run.device)
 
 
 def _out_folder(out_dir: str | Path, name: str) -> Path:
@@ -140,7 +141,7 @@ def lr_find(config: Config, *, out_dir: str | Path, start: float = 1e-7, end: fl
     setup = _assemble(config, device)
     model, optimizer = setup.model, setup.optimizer
     ratios = [g.get("initial_lr", g["lr"]) / config.optimizer.lr for g in optimizer.param_groups]
-    criterion = nn.CrossEntropyLoss(label_smoothing=setup.label_smoothing)
+    criterion = setup.criterion
     factor = (end / start) ** (1 / (steps - 1))
     lrs: list[float] = []
     losses: list[float] = []

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cnnctl.losses import create_loss
+
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts ``cm[true, pred]`` as int64, on the device of the inputs."""
@@ -43,6 +45,7 @@ class EvalAccumulator:
 
     num_classes: int
     device: torch.device
+    loss: str = "cross_entropy"  # train.loss: val and test losses are the loss training minimises
     flush_rows: int = 65536
     loss_sum: torch.Tensor = field(init=False)
     top5: torch.Tensor = field(init=False)
@@ -57,7 +60,7 @@ class EvalAccumulator:
         self._rows = 0
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor | None = None) -> None:
-        """Add a batch. Without ``loss_sum`` the loss is the cross-entropy of ``logits``, computed at the flush."""
+        """Add a batch. Without ``loss_sum`` the loss (``self.loss``) of ``logits`` is computed at the flush."""
         if loss_sum is not None:
             self.flush()
             self.loss_sum += loss_sum.double()
@@ -75,7 +78,7 @@ class EvalAccumulator:
             return
         logits, targets = torch.cat(self._logits), torch.cat(self._targets)
         self._logits, self._targets, self._rows = [], [], 0
-        self.loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double()
+        self.loss_sum += create_loss(self.loss, reduction="sum")(logits.float(), targets).double()
         self._reduce(logits, targets)
 
     def _reduce(self, logits: torch.Tensor, targets: torch.Tensor) -> None:

@@ -29,6 +29,7 @@ from cnnctl.checkpoint import (
 )
 from cnnctl.config import Config, ResolvedRun, resolve_run
 from cnnctl.data.base import DataBundle, load_data, make_loader
+from cnnctl.data.spec import input_spec
 from cnnctl.distributed import DistContext
 from cnnctl.engine import EpochState, evaluate, fit
 from cnnctl.errors import CnnctlError, ConfigError, Interrupted, TrainingError, UsageError, WriteError, first_line
@@ -48,7 +49,8 @@ from cnnctl.hooks import (
     require_tensorboard,
 )
 from cnnctl.io import make_folders, writing
-from cnnctl.models.registry import create_model
+from cnnctl.losses import create_loss
+from cnnctl.models.registry import check_model_size, create_model
 from cnnctl.optim import create_optimizer, create_scheduler
 from cnnctl.runlock import LOCK_NAME, RunLock
 from cnnctl.runs import STATUS_FILE
@@ -166,6 +168,10 @@ def assemble(config: Config, *, dist: DistContext | None = None, device: str | N
     channels_last = use_channels_last(cfg.train.channels_last, dev)
     if cfg.train.tensorboard and dist.is_main:
         require_tensorboard()
+    # The network's size from the data's shapes alone, before any image is read: a network too large to build
+    # (lenet5 at image_size 4096: 2e9 parameters) is refused without first resizing the dataset to that size.
+    channels, size, classes = input_spec(cfg.data)
+    check_model_size(cfg.model, in_channels=channels, image_size=size, num_classes=classes)
     data = load_data(cfg.data, cfg.seed, device=dev)  # cache: auto budgets GPU memory when training on CUDA
     _check_monitors(cfg, has_val=data.val is not None)
     model = create_model(cfg.model, in_channels=data.channels, image_size=data.size, num_classes=len(data.classes))
@@ -216,7 +222,7 @@ def build_run(config: Config, *, dist: DistContext | None = None, device: str | 
     # Taken before anything is written there, so a second writer is refused before it changes a file.
     lock = RunLock(run_dir).acquire() if dist.is_main else None
     try:
-        run = Run(cfg, p.data, p.model, p.module, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing),
+        run = Run(cfg, p.data, p.model, p.module, create_loss(cfg.train.loss, cfg.train.label_smoothing),
                   p.device, p.amp_dtype, p.channels_last, p.train_loader, p.val_loader, p.test_loader, p.optimizer,
                   p.scheduler, p.scaler, best, early_stopping, _hooks(cfg, run_dir, dist, p, best, early_stopping, hooks),
                   dist, run_dir, lock=lock)
@@ -397,7 +403,7 @@ def finish(run: Run, *, wall_seconds: float) -> dict[str, Any]:
     test = None
     if run.test_loader is not None:
         acc, _ = evaluate(run.module, run.test_loader.batches(0), len(run.data.classes), run.device,
-                          amp_dtype=run.amp_dtype)
+                          amp_dtype=run.amp_dtype, loss=run.config.train.loss)
         test = run.dist.reduce_eval(acc, run.data.classes)
     if run.stop_reason:
         log.info("early stopping: %s", run.stop_reason)

@@ -289,3 +289,26 @@ def test_summary_refuses_a_zoo_network_too_large_to_build(cli, overrides, first)
     assert result.stderr.startswith(f"error: {first}")
     assert "limit of 1,000,000,000" in result.stderr and "Use a smaller data.image_size" in result.stderr
     assert "Traceback" not in result.output and result.stdout == ""
+
+
+def test_summary_counts_the_dnn_vs_cnn_parameters_the_readme_states(cli, tmp_path, monkeypatch):
+    """The README's DNN vs CNN section: its two MNIST nets, and the note's fully-connected layer on a 32x32x3 image."""
+    monkeypatch.chdir(tmp_path)  # the configs' data.root is relative: summary must neither read nor fetch it
+    docs = {}
+    for name in ("mlp", "cnn"):
+        result = cli("summary", f"compare-dnn-cnn/{name}", "--json")
+        assert result.exit_code == 0, result.output
+        docs[name] = json.loads(result.stdout)
+    assert {n: (d["params"], d["macs"]) for n, d in docs.items()} == {"mlp": (669_706, 668_672),
+                                                                       "cnn": (9_098, 290_080)}
+    assert [row["params"] for row in docs["mlp"]["layers"] if row["params"]] == [401_920, 262_656, 5_130]
+
+    dense = cli("summary", "compare-dnn-cnn/mlp", "--explain", "--set=data.dataset=cifar10",
+                "--set=model.layers=[flatten, {linear: 4096}, relu, linear]")
+    assert dense.exit_code == 0, dense.output
+    assert "layers.1 (Linear): 3072 -> 4096\n    params: in*out + out = 3072*4096 + 4096 = 12,587,008" in dense.stdout
+    conv = cli("summary", "compare-dnn-cnn/cnn", "--set=data.dataset=cifar10")
+    assert conv.exit_code == 0, conv.output
+    assert "layers.0 shares 8 kernels of 3x3x3 = 216 weights (+8 biases)" in conv.stdout
+    assert re.search(r"layers\.0 +Conv2d +8x32x32 +224 ", conv.stdout)
+    assert list(tmp_path.iterdir()) == []

@@ -36,6 +36,7 @@ from torch import nn
 
 from cnnctl.config import Config
 from cnnctl.errors import CheckpointError, DataError, UsageError, first_line
+from cnnctl.losses import create_loss
 from cnnctl.registry import Registry, did_you_mean
 
 FEW = 6  # values shown of each tensor
@@ -50,13 +51,12 @@ MAX_STEPS = 1000
 class LossRule:
     """A training loss as the step shows it, all in float64 from the logits ``z`` and the target ``y``.
 
-    ``criterion(config)`` is the module training uses; ``target(label, classes, config)`` the vector y;
+    The criterion is training's own (``losses.create_loss``); ``target(label, classes, config)`` the vector y;
     ``value(z, y)`` the loss; ``logit_grad(z, y)`` dL/dz, where the backward pass begins."""
 
     name: str
     formula: str
     gradient: str
-    criterion: Callable[[Config], nn.Module]
     target: Callable[[int, int, Config], torch.Tensor]
     value: Callable[[torch.Tensor, torch.Tensor], float]
     logit_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -74,16 +74,31 @@ LOSSES = Registry("loss")
 LOSSES.add("cross_entropy", LossRule(
     "cross_entropy", "L = -sum_i y_i * log p_i",
     "dL/dz_i = p_i - y_i (softmax and cross-entropy differentiated together)",
-    lambda config: nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing),
     _smoothed_one_hot,
     lambda z, y: float(-(y * torch.log_softmax(z, 0)).sum()),
     lambda z, y: torch.softmax(z, 0) - y,
 ))
 
 
+def _mse_logit_grad(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """dL/dz_j = sum_i 2 (p_i - y_i) dp_i/dz_j with dp_i/dz_j = p_i (delta_ij - p_j)."""
+    p = torch.softmax(z, 0)
+    return 2 * p * ((p - y) - (p * (p - y)).sum())
+
+
+LOSSES.add("mse", LossRule(
+    "mse", "L = sum_i (p_i - y_i)^2",
+    "dL/dz_j = 2 p_j ((p_j - y_j) - sum_i p_i (p_i - y_i)) (the softmax's Jacobian times 2 (p - y): "
+    "a factor p_j that vanishes where the softmax saturates)",
+    _smoothed_one_hot,
+    lambda z, y: float((torch.softmax(z, 0) - y).pow(2).sum()),
+    _mse_logit_grad,
+))
+
+
 def loss_rule(config: Config) -> LossRule:
-    """The rule for the config's loss (``train.loss``; cross-entropy where the config has no such key)."""
-    return LOSSES.get(getattr(config.train, "loss", "cross_entropy"))
+    """The rule for the config's loss (``train.loss``)."""
+    return LOSSES.get(config.train.loss)
 
 
 # ---------------------------------------------------------------- what one step needs
@@ -810,7 +825,7 @@ def _step(setup: Setup, param: str | None, steps: int) -> dict[str, Any]:
 
     config, model = setup.config, setup.model.train()  # a training step: dropout and batch statistics on
     rule = loss_rule(config)
-    criterion = rule.criterion(config)
+    criterion = create_loss(config.train.loss, config.train.label_smoothing)
     x = to_model_input(setup.images, setup.spec["mean"], setup.spec["std"], torch.device("cpu"),
                        channels_last=setup.channels_last)
     y = torch.tensor([setup.label])

@@ -100,9 +100,30 @@ def meta_network(build: Callable[[], nn.Module]) -> nn.Module | None:
         return None
 
 
-def _formula(module: nn.Module, params: int) -> str:
-    from cnnctl.models.summary import param_formula
+def param_formula(m: nn.Module) -> str | None:
+    """How a conv, linear or batch-norm layer's parameters are counted, with its numbers and the total
+    (``in*out + out = 120*84 + 84 = 10,164``); None for other modules."""
+    if isinstance(m, nn.Conv2d):
+        kh, kw = m.kernel_size
+        cin = m.in_channels // m.groups
+        k = "k*k" if kh == kw else "kh*kw"
+        c_in = "c_in" if m.groups == 1 else "(c_in/groups)"
+        bias = m.out_channels if m.bias is not None else 0
+        total = kh * kw * cin * m.out_channels + bias
+        if bias:
+            return f"{k}*{c_in}*c_out + c_out = {kh}*{kw}*{cin}*{m.out_channels} + {bias} = {total:,}"
+        return f"{k}*{c_in}*c_out = {kh}*{kw}*{cin}*{m.out_channels} = {total:,}"
+    if isinstance(m, nn.Linear):
+        total = m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)
+        if m.bias is not None:
+            return f"in*out + out = {m.in_features}*{m.out_features} + {m.out_features} = {total:,}"
+        return f"in*out = {m.in_features}*{m.out_features} = {total:,}"
+    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+        return f"2*c = 2*{m.num_features} = {2 * m.num_features:,} (scale and shift; running statistics are buffers)"
+    return None
 
+
+def _formula(module: nn.Module, params: int) -> str:
     return param_formula(module) or f"{params:,}"
 
 

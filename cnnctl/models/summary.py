@@ -23,6 +23,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from cnnctl.errors import ShapeError
+from cnnctl.models.limits import param_formula
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -284,27 +285,6 @@ def arithmetic(module: nn.Module, in_shape: list[int] | tuple[int, ...]) -> str 
     return h if h == w else f"H: {h}; W: {w}"
 
 
-def param_formula(m: nn.Module) -> str | None:
-    if isinstance(m, nn.Conv2d):
-        kh, kw = m.kernel_size
-        cin = m.in_channels // m.groups
-        k = "k*k" if kh == kw else "kh*kw"
-        c_in = "c_in" if m.groups == 1 else "(c_in/groups)"
-        bias = m.out_channels if m.bias is not None else 0
-        total = kh * kw * cin * m.out_channels + bias
-        if bias:
-            return f"{k}*{c_in}*c_out + c_out = {kh}*{kw}*{cin}*{m.out_channels} + {bias} = {total:,}"
-        return f"{k}*{c_in}*c_out = {kh}*{kw}*{cin}*{m.out_channels} = {total:,}"
-    if isinstance(m, nn.Linear):
-        total = m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)
-        if m.bias is not None:
-            return f"in*out + out = {m.in_features}*{m.out_features} + {m.out_features} = {total:,}"
-        return f"in*out = {m.in_features}*{m.out_features} = {total:,}"
-    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-        return f"2*c = 2*{m.num_features} = {2 * m.num_features:,} (scale and shift; running statistics are buffers)"
-    return None
-
-
 def explain(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
     """Per conv, pool, flatten, linear and norm layer, in the order they run: the input and output shapes, the
     output-size arithmetic with real numbers, the receptive field and cumulative stride (jump) in input pixels, and
@@ -489,24 +469,54 @@ def network_summary(cfg: Any, *, explain_layers: bool = False) -> tuple[dict[str
     text = format_summary(result, title=title)
     if explain_layers:
         result["explain"] = explain(model, shape)
-        result["training"] = training_notes(result["layers"], classes, cfg.train.label_smoothing)
+        result["training"] = training_notes(result["layers"], classes, cfg.train.label_smoothing, cfg.train.loss)
         text += "\n\n" + format_explain(result["explain"]) + "\n\n" + format_training_notes(result["training"])
     return result, text
 
 
-def training_notes(rows: list[dict[str, Any]], classes: int, label_smoothing: float = 0.0) -> dict[str, Any]:
+LOSS_FORMULAS = {
+    "cross_entropy": "loss = -log softmax(z)[y] = -z_y + log(sum_j exp(z_j))",
+    "mse": "loss = sum_i (softmax(z)_i - onehot(y)_i)^2",
+}
+
+
+def training_notes(rows: list[dict[str, Any]], classes: int, label_smoothing: float = 0.0,
+                   loss: str = "cross_entropy") -> dict[str, Any]:
     """What training does beyond the layers: the dropout layers (p and the 1/(1-p) scale of the survivors) and the
-    loss, cross-entropy, with the value an untrained network starts at: ln(classes)."""
+    loss (``train.loss``), with the value an untrained network starts at: ln(C) for cross-entropy, 1 - 1/C for the
+    squared error ((1 - 1/C)^2 on the true class + (C - 1)/C^2 on the others)."""
     return {
         "dropout": [{"layer": r["name"], "p": r["p"], "scale": 1 / (1 - r["p"])} for r in rows if "p" in r],
         "loss": {
-            "name": "cross_entropy",
-            "formula": "loss = -log softmax(z)[y] = -z_y + log(sum_j exp(z_j))",
+            "name": loss,
+            "formula": LOSS_FORMULAS[loss],
             "classes": classes,
-            "initial_loss": math.log(classes),
+            "initial_loss": math.log(classes) if loss == "cross_entropy" else 1 - 1 / classes,
             "label_smoothing": label_smoothing,
         },
     }
+
+
+def _cross_entropy_lines(loss: dict[str, Any], c: int) -> list[str]:
+    return [
+        "Loss: cross-entropy = log-softmax + negative log-likelihood. For the logits z and the true class y, "
+        f"{loss['formula']} (torch's nn.CrossEntropyLoss, averaged over the batch).",
+        f"An untrained network gives nearly equal logits, so softmax is about 1/{c} for every class and the first "
+        f"loss is about -log(1/{c}) = ln({c}) = {loss['initial_loss']:.2f}; a first loss far above it means large "
+        "initial logits (a bad initialisation or unnormalised inputs).",
+    ]
+
+
+def _mse_lines(loss: dict[str, Any], c: int) -> list[str]:
+    return [
+        "Loss: mean squared error of the softmax against the one-hot target (train.loss: mse). For the logits z "
+        f"and the true class y, {loss['formula']}, averaged over the batch.",
+        f"An untrained network gives softmax about 1/{c} everywhere: the first loss is about (1 - 1/{c})^2 + "
+        f"({c} - 1)/{c}^2 = 1 - 1/{c} = {loss['initial_loss']:.3f}. Its gradient at the logits, "
+        "dL/dz_j = 2 p_j ((p_j - y_j) - sum_i p_i (p_i - y_i)), has a factor p_j: on an image the network gets "
+        "confidently wrong (p_y near 0) it nearly vanishes, where cross-entropy's p - y stays near 1. That is why "
+        "classifiers are trained with cross-entropy (train.loss: cross_entropy, the default).",
+    ]
 
 
 def format_training_notes(notes: dict[str, Any]) -> str:
@@ -525,14 +535,7 @@ def format_training_notes(notes: dict[str, Any]) -> str:
         lines.append("Dropout: none in this network (or p = 0), so training and evaluation compute the same layers.")
     loss = notes["loss"]
     c = loss["classes"]
-    lines += [
-        "",
-        "Loss: cross-entropy = log-softmax + negative log-likelihood. For the logits z and the true class y, "
-        f"{loss['formula']} (torch's nn.CrossEntropyLoss, averaged over the batch).",
-        f"An untrained network gives nearly equal logits, so softmax is about 1/{c} for every class and the first "
-        f"loss is about -log(1/{c}) = ln({c}) = {loss['initial_loss']:.2f}; a first loss far above it means large "
-        "initial logits (a bad initialisation or unnormalised inputs).",
-    ]
+    lines += ["", *(_cross_entropy_lines if loss["name"] == "cross_entropy" else _mse_lines)(loss, c)]
     if loss["label_smoothing"]:
         eps = loss["label_smoothing"]
         lines.append(

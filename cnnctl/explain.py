@@ -10,6 +10,12 @@ exp(1000) overflows a float64 (the largest is about 1.8e308 = exp(709.8)), so so
 subtract the largest logit first. The shift changes nothing (it cancels between numerator and denominator),
 every exponent is then <= 0, each exp lies in (0, 1], and the sum is at least 1 (the largest term is exp(0)),
 so nothing overflows and nothing divides by zero.
+
+Information theory names the same numbers. The entropy of the prediction, H(p) = -sum_i p_i log p_i, measures its
+uncertainty: 0 for a network certain of one class, ln C when it spreads its bets evenly. The cross-entropy of the
+target y against the prediction splits as H(y, p) = H(y) + KL(y || p): the target's own entropy plus how far the
+prediction is from it. A one-hot target has H(y) = 0, so the training loss is exactly the KL divergence, and it is
+0 only when p puts everything on the true class.
 """
 
 from __future__ import annotations
@@ -49,13 +55,34 @@ def cross_entropy(steps: dict[str, Any], label: int) -> float:
     return steps["log_sum_exp"] - steps["logits"][label]
 
 
+def entropy(steps: dict[str, Any]) -> float:
+    """H(p) = -sum_i p_i log p_i in nats, with log p_i = z_i - logsumexp(z) (exact where p_i underflows; 0 log 0 = 0)."""
+    lse = steps["log_sum_exp"]
+    return -sum(p * (z - lse) for p, z in zip(steps["probs"], steps["logits"], strict=True) if p > 0)
+
+
+def information(steps: dict[str, Any], label: int) -> dict[str, float]:
+    """The identity H(y, p) = H(y) + KL(y || p) with its numbers, for the one-hot target y of ``label``: each term
+    summed over the classes as written (0 log 0 = 0), not taken from the others."""
+    lse = steps["log_sum_exp"]
+    log_p = [z - lse for z in steps["logits"]]
+    y = [1.0 if i == label else 0.0 for i in range(len(log_p))]
+    target_entropy = 0.0 - sum(t * math.log(t) for t in y if t > 0)  # 0.0 - : never "-0.0000"
+    kl = sum(t * (math.log(t) - lp) for t, lp in zip(y, log_p, strict=True) if t > 0)
+    cross = -sum(t * lp for t, lp in zip(y, log_p, strict=True) if t > 0)
+    return {"target_entropy": target_entropy, "kl_divergence": kl, "cross_entropy": cross}
+
+
 def explain_logits(logits: list[float] | torch.Tensor, classes: list[str], label: int | None = None) -> dict[str, Any]:
-    """What ``predict --explain`` reports for one image: the softmax steps and, with a known label, its loss."""
+    """What ``predict --explain`` reports for one image: the softmax steps, the prediction's entropy and, with a known
+    label, its loss and the identity cross-entropy = entropy of the target + KL divergence."""
     steps = softmax_steps(logits)
-    out: dict[str, Any] = {"classes": list(classes), **steps, "uniform_loss": math.log(len(classes))}
+    out: dict[str, Any] = {"classes": list(classes), **steps, "uniform_loss": math.log(len(classes)),
+                           "entropy": entropy(steps)}
     if label is not None:
         out["label"] = {"class": classes[label], "index": label}
         out["loss"] = cross_entropy(steps, label)
+        out["information"] = information(steps, label)
     return out
 
 
@@ -71,11 +98,17 @@ def format_explanation(explanation: dict[str, Any], classes: list[str], preproce
         lines.append(f"  {classes[i]:<{width}}  {z[i]:>10.4f}  {shifted[i]:>10.4f}  {e[i]:>10.4g}  {p[i]:>8.2%}")
     lines.append(f"  sum of exp = {explanation['sum_exp']:.6g}; log-sum-exp = {explanation['log_sum_exp']:.6g}")
     n = len(classes)
+    lines.append(f"  entropy of the prediction H(p) = -sum p log p = {explanation['entropy']:.4f} nats (0: certain of "
+                 f"one class; ln {n} = {explanation['uniform_loss']:.4f}: even bets)")
     if "loss" in explanation:
         label = explanation["label"]
         lines.append(f"  cross-entropy loss for true class {label['class']!r}: -log p = logsumexp(z) - z_true = "
                      f"{explanation['loss']:.4f} (an untrained network that spreads its bets evenly over {n} classes "
                      f"scores ln {n} = {explanation['uniform_loss']:.4f})")
+        info = explanation["information"]
+        lines.append(f"  as information: cross-entropy H(y, p) = H(y) + KL(y || p) = {info['target_entropy']:.4f} + "
+                     f"{info['kl_divergence']:.4f} = {info['cross_entropy']:.4f} (a one-hot target has no entropy of "
+                     "its own: the whole loss is the KL divergence, 0 only when p puts everything on the true class)")
     else:
         lines.append(f"  (give --label CLASS or --labels-from-folders for this image's cross-entropy loss; an untrained "
                      f"network's is about ln {n} = {explanation['uniform_loss']:.4f})")

@@ -171,6 +171,16 @@ def test_predict_explain_json_logits_softmax_and_loss(cli, tmp_path):
     assert ex["label"] == {"class": "c3", "index": 3}
     assert ex["uniform_loss"] == pytest.approx(math.log(10))
     assert "resized to 8x8" in ex["preprocessing"] and "std [0.4]" in ex["preprocessing"]
+    p = torch.tensor(ex["probs"], dtype=torch.float64)
+    assert ex["entropy"] == pytest.approx(float(-(p * p.log()).sum()), rel=1e-9)
+    assert 0 < ex["entropy"] < math.log(10)
+    # cross-entropy = entropy of the target + KL divergence: a one-hot target has none, the loss is all KL
+    info = ex["information"]
+    assert info["target_entropy"] == 0.0
+    assert info["kl_divergence"] == pytest.approx(float(torch.nn.functional.kl_div(
+        p.log()[None], torch.nn.functional.one_hot(torch.tensor([3]), 10).double(), reduction="sum")), rel=1e-9)
+    assert info["cross_entropy"] == pytest.approx(info["target_entropy"] + info["kl_divergence"], rel=1e-12)
+    assert info["cross_entropy"] == pytest.approx(ex["loss"], rel=1e-12)
 
 
 def test_predict_explain_survives_logits_a_naive_exp_overflows(cli, tmp_path):
@@ -197,6 +207,8 @@ def test_predict_explain_text_and_labels_from_folders(cli, tmp_path):
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert "cross-entropy loss for true class 'c2'" in text and "ln 10 = 2.3026" in text
+    assert "entropy of the prediction H(p) = -sum p log p = " in text
+    assert "cross-entropy H(y, p) = H(y) + KL(y || p) = 0.0000 + " in text
     assert "subtract the largest logit" in text
     assert "folder 'other' is not one of the classes" in text
 

@@ -32,7 +32,7 @@ METHODS = ("gradcam", "occlusion", "saliency")
 _STAGE = re.compile(r"layer\d+")
 
 
-def _require_captum() -> Any:
+def require_captum() -> Any:
     try:
         import captum.attr as attr
     except ImportError:
@@ -69,23 +69,38 @@ def conv_layers_in_call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     return called
 
 
-def find_layer(model: nn.Module, x: torch.Tensor, name: str | None = None, source: str = "") -> tuple[str, nn.Module]:
-    """The layer Grad-CAM reads: ``name`` when given, else the last conv stage the forward pass calls (a ResNet's
-    last ``layerN``, otherwise the last ``nn.Conv2d``)."""
+def conv_stages(model: nn.Module) -> list[str]:
+    """The layers Grad-CAM may read: every ``nn.Conv2d`` and ResNet-style ``layerN`` stage, as registered."""
+    return [n for n, m in model.named_modules() if n and (isinstance(m, nn.Conv2d) or _STAGE.fullmatch(n))]
+
+
+def named_layer(model: nn.Module, name: str, source: str = "") -> nn.Module:
+    """The conv stage ``--layer`` names; ``UsageError`` listing the valid ones for any other name: Grad-CAM weighs
+    a layer's feature maps, and a linear layer, an activation or a whole block has none of its own to weigh."""
     modules = dict(model.named_modules())
+    valid = conv_stages(model)
+    if name in valid:
+        return modules[name]
+    listed = f"Conv stages: {', '.join(valid) or 'none'}"
+    if name not in modules or name == "":
+        raise UsageError(f"--layer {name!r}: no such layer in the network{did_you_mean(name, valid) or '.'} {listed}",
+                         file=source or None)
+    raise UsageError(f"--layer {name!r}: a {type(modules[name]).__name__}, not a conv stage; Grad-CAM reads the "
+                     f"feature maps of a convolution (or a ResNet's layerN stage). {listed}", file=source or None)
+
+
+def find_layer(model: nn.Module, x: torch.Tensor, name: str | None = None, source: str = "") -> tuple[str, nn.Module]:
+    """The layer Grad-CAM reads: ``name`` when given (a conv stage, see ``named_layer``), else the last conv stage
+    the forward pass calls (a ResNet's last ``layerN``, otherwise the last ``nn.Conv2d``)."""
     if name is not None:
-        if name not in modules or name == "":
-            convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d) or _STAGE.fullmatch(n)]
-            raise UsageError(f"--layer {name!r}: no such layer in the network{did_you_mean(name, convs)} "
-                             f"Conv layers: {', '.join(convs) or 'none'}", file=source or None)
-        return name, modules[name]
+        return name, named_layer(model, name, source)
     called = conv_layers_in_call_order(model, x)
     if not called:
         raise CnnctlError("the network has no convolutional layer, so there is no conv stage for Grad-CAM; occlusion "
                           "and saliency need none", file=source or None)
     stages = [n for n in called if _STAGE.fullmatch(n)]
     chosen = stages[-1] if stages else called[-1]
-    return chosen, modules[chosen]
+    return chosen, dict(model.named_modules())[chosen]
 
 
 def attribution_maps(model: nn.Module, x: torch.Tensor, target: int, *, layer: str | None = None,
@@ -97,7 +112,7 @@ def attribution_maps(model: nn.Module, x: torch.Tensor, target: int, *, layer: s
     colour after normalisation). Returns ``{"layer", "maps": {method: [H, W] float array}}``; maps are raw (not rescaled): Grad-CAM
     and saliency >= 0, occlusion the fall of the class probability (negative where hiding a patch helps the class).
     """
-    attr = _require_captum()
+    attr = require_captum()
     model = without_inplace(model).eval()
     x = x.detach().float()
     _, c, h, w = x.shape

@@ -8,6 +8,7 @@ is never imported, so its global figure list and a notebook's chosen backend are
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -55,25 +56,67 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
+def _edited(path: Path) -> str:
+    return f"{path.name} is written by `cnnctl train`, was it edited or damaged?"
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str | None, Any]]]]:
+    """A CSV file training wrote: its header and its rows, each with the line it ends on (a row longer than the
+    header has its extra cells under the key None, a shorter one None for the cells it lacks).
+
+    DataError naming the file and line for what the csv module cannot read: a byte that is not UTF-8, a field
+    past its size limit."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot be read: {e.strerror or e}", file=str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        at = e.start - raw.rfind(b"\n", 0, e.start)  # 1 for the line's first byte
+        raise DataError(f"line {line}: byte {at} (0x{raw[e.start]:02x}) is not UTF-8 text; {_edited(path)}",
+                        file=str(path)) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = list(reader.fieldnames or [])
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as e:
+        raise DataError(f"line {reader.line_num}: {e}; {_edited(path)}", file=str(path)) from None
+    return header, rows
+
+
+def _not_a_number(path: Path, line: int, key: str | None, value: Any, kind: str = "a number") -> DataError:
+    column = repr(key) if key is not None else "past the header's last"
+    return DataError(f"line {line}, column {column}: {str(value)[:40]!r} is not {kind}; {_edited(path)}",
+                     file=str(path))
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
     """A run's metrics.csv as rows of floats (None where a value is missing)."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise CnnctlError(f"{run_dir}: no metrics.csv here; give a run directory written by `cnnctl train`")
+    header, lines = _read_csv(path)
+    if "epoch" not in header:
+        raise DataError(f"line 1: no 'epoch' column (the header is {_short_header(header)}); {_edited(path)}",
+                        file=str(path))
     rows = []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            parsed: dict[str, float | None] = {}
-            for key, value in row.items():
-                try:
-                    parsed[key] = float(value) if value not in ("", None) else None
-                except (ValueError, TypeError):  # TypeError: a row longer than the header (key None, a list)
-                    column = repr(key) if key is not None else "past the header's last"
-                    raise DataError(f"line {reader.line_num}, column {column}: {str(value)[:40]!r} is not a number; "
-                                    "metrics.csv is written by `cnnctl train`, was it edited?", file=str(path)) from None
-            rows.append(parsed)
+    for line, row in lines:
+        parsed: dict[str, float | None] = {}
+        for key, value in row.items():
+            try:
+                parsed[key] = float(value) if value not in ("", None) else None
+            except (ValueError, TypeError):  # TypeError: a row longer than the header (key None, a list)
+                raise _not_a_number(path, line, key, value) from None
+        rows.append(parsed)
     return rows
+
+
+def _short_header(header: list[str]) -> str:
+    """A CSV header as the message shows it: its first few columns, quoted."""
+    shown = ", ".join(repr(c[:40]) for c in header[:8]) + (", ..." if len(header) > 8 else "")
+    return shown or "empty"
 
 
 def plot_curves(rows: list[dict[str, float | None]], path: Path, *, best_epoch: int | None = None,
@@ -181,6 +224,33 @@ def plot_runs(runs: list[str], *, metric: str = "val_acc", output: Path = Path("
 GRADIENT_METRICS = ("grad_norm", "update_ratio")
 
 
+def _gradient_rows(path: Path, metric: str) -> list[tuple[int, float | None]]:
+    """(epoch, ``metric``) of each row of a gradients.csv; DataError naming the line of a row that is not what
+    training writes (a column missing, a cell that is not a number, more or fewer cells than the header).
+    (recorders.read_gradients reads the whole row; importing it here would close a cycle.)"""
+    header, lines = _read_csv(path)
+    missing = [c for c in ("epoch", metric) if c not in header]
+    if missing:
+        raise DataError(f"line 1: no {' or '.join(map(repr, missing))} column (the header is {_short_header(header)}); "
+                        f"{_edited(path)}", file=str(path))
+    rows = []
+    for line, row in lines:
+        cells = len(header) + len(row.get(None) or []) - sum(v is None for k, v in row.items() if k is not None)
+        if cells != len(header):
+            raise DataError(f"line {line}: {cells} cells, the header has {len(header)}; {_edited(path)}",
+                            file=str(path))
+        try:
+            epoch = int(row["epoch"])
+        except ValueError:
+            raise _not_a_number(path, line, "epoch", row["epoch"], "a whole number") from None
+        try:
+            value = float(row[metric]) if row[metric] else None
+        except ValueError:
+            raise _not_a_number(path, line, metric, row[metric]) from None
+        rows.append((epoch, value))
+    return rows
+
+
 def _plot_gradient_runs(runs: list[str], metric: str, output: Path) -> Path:
     fig, ax = subplots(figsize=FIGSIZE["comparison"], layout="constrained")
     for run in runs:
@@ -188,8 +258,7 @@ def _plot_gradient_runs(runs: list[str], metric: str, output: Path) -> Path:
         if not path.is_file():
             raise CnnctlError(f"{run}: no gradients.csv here; train with train.record_gradients_every set (e.g. "
                               "--set train.record_gradients_every=20)")
-        with path.open(newline="") as f:  # (recorders.read_gradients: importing it here would close a cycle)
-            rows = [(int(r["epoch"]), float(r[metric]) if r[metric] else None) for r in csv.DictReader(f)]
+        rows = _gradient_rows(path, metric)
         if not rows:
             raise CnnctlError(f"{path}: no rows yet (no epoch finished); choose another run")
         last = max(e for e, _ in rows)

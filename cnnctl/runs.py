@@ -12,23 +12,34 @@ A run directory is a folder holding ``config.yaml`` (training writes it first). 
 | interrupted | ``last.pt`` without ``summary.json``: a signal (or a kill) stopped it; ``cnnctl train --resume`` continues it |
 
 A run that failed after its first checkpoint reads as interrupted until training writes ``status.json``.
+
+Run folders may come from anywhere (shared, downloaded), so nothing in one is trusted: config.yaml is read with the
+configs' own bounded YAML loader (``config.read_yaml``: an alias bomb is refused in milliseconds), only regular
+files are opened (``stat`` first, then ``fstat`` of the file opened non-blocking: a FIFO would wait for a writer
+forever, a device never ends), none larger than ``MAX_RUN_FILE_BYTES``. A folder that cannot be listed, or whose
+files cannot be read so, is left out with one warning line on stderr saying why (``skipped PATH: reason``); the
+rest are listed. Values of the wrong type in a run's files (``arch: 5``, a string wall time) read as unknown.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import math
 import os
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cnnctl.errors import UsageError
+from cnnctl.config import read_yaml
+from cnnctl.errors import ConfigError, UsageError
 from cnnctl.registry import did_you_mean
 from cnnctl.runlock import holder
+
+log = logging.getLogger("cnnctl")
 
 STATUS_FILE = "status.json"  # {"status": "failed", "reason": "..."}: what the run folder cannot otherwise show
 STATUSES = ("running", "failed", "finished", "early-stopped", "interrupted")
@@ -38,12 +49,24 @@ SORT_KEYS: dict[str, tuple[str, bool]] = {
     "epochs": ("epochs_done", True), "val_acc": ("best_val_acc", True), "test_acc": ("test_acc", True),
     "wall": ("wall_seconds", False), "started": ("started", True),
 }
+# The largest run file read (a 1000-class run's summary.json is a few MiB): a larger one is no file cnnctl wrote.
+MAX_RUN_FILE_BYTES = 64 << 20
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+class SkippedRun(Exception):
+    """A run folder left out of the listing; the message says why."""
+
+
+def _unlisted(error: OSError) -> None:
+    log.warning("skipped %s: cannot be read: %s", error.filename, error.strerror or error)
 
 
 def find_run_dirs(folder: Path) -> list[Path]:
-    """Every run directory at or under ``folder`` (a study's trials included), not looking inside a run."""
+    """Every run directory at or under ``folder`` (a study's trials included), not looking inside a run. A folder
+    that cannot be listed is left out with a warning naming it."""
     found = []
-    for here, dirs, files in os.walk(folder):
+    for here, dirs, files in os.walk(folder, onerror=_unlisted):
         if "config.yaml" in files:
             found.append(Path(here))
             dirs.clear()  # a run's own subfolders (tensorboard/, visualize/) are not runs
@@ -52,20 +75,66 @@ def find_run_dirs(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _kind(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+
+
+def _check_file(path: Path, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise SkippedRun(f"{path.name} is {_kind(info.st_mode)}, not a regular file, so it is not read (in a run "
+                         "folder only the regular files training writes are); remove or replace it")
+    if info.st_size > MAX_RUN_FILE_BYTES:
+        raise SkippedRun(f"{path.name} is {info.st_size:,} bytes, more than training writes "
+                         f"({MAX_RUN_FILE_BYTES:,} at most); is this a run folder?")
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """What ``path`` leads to (a symlink followed), None when nothing is there; SkippedRun when it cannot be asked."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return os.stat(path)
+    except FileNotFoundError:  # a dangling link too: as good as absent
+        return None
+    except OSError as e:  # a symlink loop, no permission
+        raise SkippedRun(f"{path.name} cannot be read: {e.strerror or e}") from None
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    """A run file's bytes, None when there is none. Only a regular file of at most MAX_RUN_FILE_BYTES is opened,
+    non-blocking, and checked again once open (it may have been swapped in between); else SkippedRun."""
+    info = _stat(path)
+    if info is None:
+        return None
+    _check_file(path, info)
+    try:
+        with open(os.open(path, os.O_RDONLY | _NONBLOCK), "rb") as f:
+            _check_file(path, os.fstat(f.fileno()))
+            return f.read(MAX_RUN_FILE_BYTES + 1)
+    except OSError as e:
+        raise SkippedRun(f"{path.name} cannot be read: {e.strerror or e}") from None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a run file; None when there is none or it is not one (a run killed while writing it)."""
+    raw = _read_bytes(path)
+    try:
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:  # UnicodeDecodeError included
         return None
     return data if isinstance(data, dict) else None
 
 
 def _read_config(path: Path) -> dict[str, Any]:
+    """config.yaml, within the limits every config is read with; SkippedRun saying what is wrong with it."""
+    info = _stat(path)
+    if info is None:
+        raise SkippedRun(f"{path.name} is gone (removed while listing?)")
+    _check_file(path, info)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return read_yaml(path)
+    except ConfigError as e:
+        raise SkippedRun(f"{path.name}: {str(e).removeprefix(f'{e.file}: ')}") from None
 
 
 def _number(text: str | None) -> float | None:
@@ -77,11 +146,13 @@ def _number(text: str | None) -> float | None:
 
 
 def read_metrics(path: Path) -> list[dict[str, float | None]]:
-    """metrics.csv as rows of numbers (None for an empty or unreadable cell); [] when there is none."""
+    """metrics.csv as rows of numbers (None for an empty or unreadable cell); [] when there is none or it cannot be
+    parsed (``cnnctl plot`` names what is wrong with it)."""
+    raw = _read_bytes(path)
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [{k: _number(v) for k, v in row.items() if k} for row in csv.DictReader(f)]
-    except (OSError, UnicodeDecodeError, csv.Error):
+        lines = io.StringIO(raw.decode("utf-8") if raw is not None else "", newline="")
+        rows = [{k: _number(v) for k, v in row.items() if k} for row in csv.DictReader(lines)]
+    except (UnicodeDecodeError, csv.Error):
         return []
     return [r for r in rows if r.get("epoch") is not None]
 
@@ -89,6 +160,20 @@ def read_metrics(path: Path) -> list[dict[str, float | None]]:
 def _section(config: dict[str, Any], key: str) -> dict[str, Any]:
     value = config.get(key)
     return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _finite(value: Any) -> float | None:
+    """A real, finite number from a run file, else None (a bool, a string, NaN: what training never writes)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
 
 
 def run_status(run_dir: Path) -> tuple[str, str | None, int | None]:
@@ -102,7 +187,7 @@ def run_status(run_dir: Path) -> tuple[str, str | None, int | None]:
     summary = _read_json(run_dir / "summary.json")
     if summary is not None:
         if summary.get("stopped_early"):
-            return "early-stopped", summary.get("stop_reason"), None
+            return "early-stopped", _text(summary.get("stop_reason")), None
         return "finished", None, None
     if (run_dir / "last.pt").exists():
         return "interrupted", None, None
@@ -118,10 +203,11 @@ def describe_run(run_dir: Path, folder: Path) -> dict[str, Any]:
     with_val = [r for r in rows if r.get("val_acc") is not None]
     best = max(with_val, key=lambda r: (r["val_acc"], -r["epoch"])) if with_val else None  # the first of equals
     test = summary.get("test") if isinstance(summary.get("test"), dict) else {}
-    planned = _section(config, "train").get("epochs")
-    done = summary.get("epochs") if isinstance(summary.get("epochs"), int) else (int(rows[-1]["epoch"]) if rows else 0)
-    wall = summary.get("wall_seconds")
-    if not isinstance(wall, (int, float)):  # unfinished: the epochs' own times, a lower bound
+    done = _count(summary.get("epochs"))
+    if done is None:
+        done = int(rows[-1]["epoch"]) if rows else 0
+    wall = _finite(summary.get("wall_seconds"))
+    if wall is None:  # unfinished: the epochs' own times, a lower bound
         wall = sum(r.get("epoch_seconds") or 0.0 for r in rows) if rows else None
     try:  # training writes config.yaml when it starts (and again on --resume)
         started = datetime.fromtimestamp((run_dir / "config.yaml").stat().st_mtime, timezone.utc)
@@ -130,33 +216,48 @@ def describe_run(run_dir: Path, folder: Path) -> dict[str, Any]:
     return {
         "name": run_dir.relative_to(folder).as_posix() if run_dir != folder else run_dir.name,
         "path": str(run_dir),
-        "arch": _section(config, "model").get("arch"),
-        "dataset": _section(config, "data").get("dataset"),
+        "arch": _text(_section(config, "model").get("arch")),
+        "dataset": _text(_section(config, "data").get("dataset")),
         "epochs_done": done,
-        "epochs_planned": planned if isinstance(planned, int) else None,
+        "epochs_planned": _count(_section(config, "train").get("epochs")),
         "status": status,
         "reason": reason,
         "pid": pid,
         "best_val_acc": best["val_acc"] if best else None,
         "best_epoch": int(best["epoch"]) if best else None,
-        "test_acc": test.get("accuracy") if isinstance(test.get("accuracy"), (int, float)) else None,
+        "test_acc": _finite(test.get("accuracy")),
         "wall_seconds": wall,
         "started": started.isoformat(timespec="seconds") if started else None,
     }
 
 
+def _sort_key(value: Any) -> tuple[int, Any]:
+    """Numbers apart from text, each compared with its own kind: a sort never compares a number with a string."""
+    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
 def list_runs(folder: str | Path = "runs", *, sort: str = "name") -> list[dict[str, Any]]:
     """Every run under ``folder`` described (see :func:`describe_run`), sorted by ``sort`` (a key of SORT_KEYS;
-    accuracies and epochs largest first, runs without the value last)."""
+    accuracies and epochs largest first, runs without the value last). A run folder that cannot be read is left
+    out with a warning (``skipped PATH: reason``, on stderr from the CLI)."""
     folder = Path(folder)
     if sort not in SORT_KEYS:
         raise UsageError(f"--sort {sort!r} is not a column{did_you_mean(sort, SORT_KEYS)} (one of: {', '.join(SORT_KEYS)})")
     if not folder.is_dir():
         raise UsageError("no such folder; give the folder your runs are in (training's --out, default runs)",
                          file=str(folder))
-    found = [describe_run(d, folder) for d in find_run_dirs(folder)]
+    try:
+        os.scandir(folder).close()
+    except OSError as e:
+        raise UsageError(f"cannot be read: {e.strerror or e}", file=str(folder)) from None
+    found = []
+    for run_dir in find_run_dirs(folder):
+        try:
+            found.append(describe_run(run_dir, folder))
+        except SkippedRun as e:
+            log.warning("skipped %s: %s", run_dir, e)
     field, descending = SORT_KEYS[sort]
-    present = sorted((r for r in found if r[field] is not None), key=lambda r: r[field], reverse=descending)
+    present = sorted((r for r in found if r[field] is not None), key=lambda r: _sort_key(r[field]), reverse=descending)
     return present + [r for r in found if r[field] is None]
 
 

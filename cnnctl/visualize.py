@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cnnctl.errors import CnnctlError, DataError
+from cnnctl.interrupts import check
 from cnnctl.plots import save_figure, subplots
 
 log = logging.getLogger("cnnctl")
@@ -339,14 +340,19 @@ def _percent(p: float) -> str:
 def input_image(ckpt: dict[str, Any], source: str, image: str | Path | None) -> tuple[torch.Tensor, str, str | None]:
     """The uint8 ``[C, H, W]`` image to look at, a caption, and its true class when it comes from the dataset.
 
-    ``image``: read with the checkpoint's channels and size. None: the first image of the checkpoint's test
-    split (val when there is none), loaded without downloading anything.
+    ``image``: read with the checkpoint's channels and size, a regular file only (as predict reads: a FIFO would
+    wait for a writer forever). None: the first image of the checkpoint's test split (val when there is none),
+    loaded without downloading anything.
     """
     from cnnctl.data.transforms import load_image
     from cnnctl.inference import sample_images
+    from cnnctl.predict import _not_regular
 
     spec = ckpt["input"]
     if image is not None:
+        problem = _not_regular(str(image))
+        if problem:
+            raise DataError(f"{problem}; give an image file (PNG, JPEG, ...)", file=str(image), key="--image")
         size = (int(spec["size"][0]), int(spec["size"][1]))
         return load_image(image, int(spec["channels"]), size), Path(image).name, None
     try:
@@ -364,16 +370,12 @@ def attribution_pngs(model: nn.Module, x: torch.Tensor, picture: torch.Tensor, c
                      folder: Path, *, layer: str | None = None, source: str = "") -> list[Path]:
     """gradcam.png, occlusion.png and saliency.png for class ``target``: where the network looks (Captum).
 
-    Without Captum installed they are skipped with a note (``pip install 'cnnctl[explain]'``), unless ``layer``
-    asks for Grad-CAM explicitly.
+    Without Captum installed they are skipped with a note (``pip install 'cnnctl[explain]'``); ``visualize`` has
+    refused a ``layer`` then, before writing anything (``check_layer``).
     """
     import importlib.util
 
     if importlib.util.find_spec("captum") is None:
-        if layer is not None:
-            from cnnctl.attribution import attribution_maps  # raises the install hint
-
-            attribution_maps(model, x, target)
         log.info("attribution maps skipped: they need Captum (pip install 'cnnctl[explain]')")
         return []
     from cnnctl.attribution import attribution_maps, plot_attribution
@@ -385,8 +387,22 @@ def attribution_pngs(model: nn.Module, x: torch.Tensor, picture: torch.Tensor, c
     shown = picture.float().div(255)
     shown = shown[0].numpy() if shown.shape[0] == 1 else shown.permute(1, 2, 0).numpy()
     cls = ckpt["classes"][target]
-    return [plot_attribution(shown, heat, method, cls, folder / f"{method}.png", layer=found["layer"])
-            for method, heat in found["maps"].items()]
+    written = []
+    for method, heat in found["maps"].items():
+        check()
+        written.append(plot_attribution(shown, heat, method, cls, folder / f"{method}.png", layer=found["layer"]))
+    return written
+
+
+def check_layer(model: nn.Module, layer: str | None, source: str) -> None:
+    """``--layer``, before any PNG is written: a conv stage of this network (exit 2 listing them), and Captum
+    installed to compute Grad-CAM on it."""
+    if layer is None:
+        return
+    from cnnctl.attribution import named_layer, require_captum
+
+    named_layer(model, layer, source)
+    require_captum()
 
 
 def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output: Path | None = None,
@@ -397,7 +413,8 @@ def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output
 
     ``checkpoint`` is a ``.pt`` file or a run directory (its ``best.pt``). ``image`` defaults to the first test
     image of the checkpoint's dataset; ``output`` to ``visualize/`` beside the checkpoint. Feature-map PNGs left
-    there by an earlier call that this one did not write (another network's stages) are removed.
+    there by an earlier call that this one did not write (another network's stages) are removed. Between steps it
+    stops with ``Interrupted`` if the CLI's ``interrupts.stop_on_signal`` noted a signal.
     """
     from cnnctl.data.base import to_model_input
     from cnnctl.inference import load_model
@@ -405,18 +422,21 @@ def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output
     cpu = torch.device("cpu")
     path, ckpt, model = load_model(checkpoint, cpu)
     conv_name, conv = first_conv(model, str(path))
+    check_layer(model, layer, str(path))
     folder = Path(output) if output is not None else path.parent / "visualize"
     if folder.exists() and not folder.is_dir():
         raise CnnctlError("-o must be a folder for the PNGs, and this is a file", file=str(folder))
     picture, caption, true_class = input_image(ckpt, str(path), image)
     spec = ckpt["input"]
     x = to_model_input(picture[None], spec["mean"], spec["std"], cpu)
+    check()
     stages, logits = capture_stages(model, x)
     drawable = [s for s in stages if s.output.shape[-2:].numel() > 1]  # a 1x1 map is a single number per channel
 
     written = [plot_filters(conv_name, conv, folder / "filters.png")]
     width = max(2, len(str(len(drawable))))
     for i, stage in enumerate(drawable, 1):
+        check()
         safe = re.sub(r"[^A-Za-z0-9_-]+", "_", stage.name)
         written.append(plot_stage(stage, folder / f"featuremaps_{i:0{width}d}_{safe}.png"))
     written.append(plot_overview(picture, drawable, caption, folder / "overview.png"))
@@ -425,6 +445,7 @@ def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output
                                    true_class=true_class))
     classes = list(ckpt["classes"])
     target = classes.index(true_class) if true_class in classes else int(probs.argmax())
+    check()
     written += attribution_pngs(model, x, picture, ckpt, target, folder, layer=layer, source=str(path))
     for stale in folder.glob("featuremaps_*.png"):
         if _STAGE_FILE.fullmatch(stale.name) and stale not in written:

@@ -9,14 +9,14 @@ from cnnctl.config import CONFIGS_DIR, bundled_configs, load_config, read_yaml, 
 from cnnctl.models.registry import create_model
 
 EXPERIMENTS = sorted(n for n in bundled_configs() if n.split("/")[0] in
-                     ("compare-activations", "compare-depth", "compare-dropout"))
+                     ("compare-activations", "compare-depth", "compare-dropout", "compare-dnn-cnn"))
 
 
 def test_the_experiments_are_bundled():
     assert {"compare-activations/sigmoid", "compare-activations/tanh", "compare-activations/relu",
             "compare-activations/leaky_relu", "compare-depth/plain-20", "compare-depth/resnet-20",
             "compare-depth/plain-56", "compare-depth/resnet-56", "compare-dropout/no-dropout",
-            "compare-dropout/dropout"} <= set(EXPERIMENTS)
+            "compare-dropout/dropout", "compare-dnn-cnn/mlp", "compare-dnn-cnn/cnn"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -58,3 +58,11 @@ def test_the_dropout_runs_differ_only_in_dropout():
     plain, dropped = _layers("compare-dropout/no-dropout"), _layers("compare-dropout/dropout")
     assert [x for x in dropped if not (isinstance(x, dict) and "dropout" in x)] == plain
     assert len(dropped) - len(plain) == 3
+
+
+def test_the_dnn_and_cnn_runs_differ_only_in_the_network():
+    mlp, cnn = (read_yaml(resolve_config_path(f"compare-dnn-cnn/{n}")) for n in ("mlp", "cnn"))
+    assert {k: v for k, v in mlp.items() if k not in ("name", "model")} == \
+           {k: v for k, v in cnn.items() if k not in ("name", "model")}
+    assert not any(isinstance(x, dict) and ("conv" in x or "dropout" in x) for x in mlp["model"]["layers"])
+    assert sum(isinstance(x, dict) and "conv" in x for x in cnn["model"]["layers"]) == 2

@@ -206,3 +206,63 @@ def test_tensorboard_missing_says_how_to_install(tmp_path, cli, monkeypatch):
     assert result.exit_code == 2
     assert "pip install 'cnnctl[tensorboard]'" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- corrupt run files (issue 23, item 6)
+
+METRICS = ("epoch,train_loss,train_acc,val_loss,val_acc,lr,epoch_seconds\n"
+           "1,2.1,0.34,1.48,0.58,0.003,2.1\n"
+           "2,0.98,0.69,0.56,0.82,0.003,0.34\n")
+GRADIENTS = ("epoch,layer,grad_norm,update_ratio,weight_norm,steps_sampled\n"
+             "1,features.0,0.26,0.022,1.58,2\n"
+             "1,features.3,0.38,0.048,2.58,2\n"
+             "2,features.0,0.21,0.019,1.60,2\n")
+
+
+def refused(result, path: Path, message: str, out: Path) -> None:
+    """Exit 2, one error line naming the file and what is wrong at which line, no traceback, no picture."""
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[0] == f"error: {path}: {message}"
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_plot_names_the_line_of_a_metrics_csv_that_is_not_utf8(cli, tmp_path):
+    run = tmp_path / "latin1"
+    run.mkdir()
+    (run / "metrics.csv").write_bytes(METRICS.encode() + "3,0.5,0.9,0.5,0.9,0.003,0.3 # caf\u00e9\n".encode("latin-1"))
+    before = (run / "metrics.csv").read_bytes()
+    result = cli("plot", run, "-o", tmp_path / "cmp.png")
+    refused(result, run / "metrics.csv", "line 4: byte 34 (0xe9) is not UTF-8 text; metrics.csv is written by "
+            "`cnnctl train`, was it edited or damaged?", tmp_path / "cmp.png")
+    assert (run / "metrics.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (GRADIENTS.replace("grad_norm,", ""), "line 1: no 'grad_norm' column (the header is 'epoch', 'layer', "
+     "'update_ratio', 'weight_norm', 'steps_sampled')"),
+    (GRADIENTS.replace("0.38", "fast"), "line 3, column 'grad_norm': 'fast' is not a number"),
+    (GRADIENTS.replace("2,features.0", "two,features.0"), "line 4, column 'epoch': 'two' is not a whole number"),
+    (GRADIENTS.replace(",2\n1,features.3", ",2,9\n1,features.3"), "line 2: 7 cells, the header has 6"),
+    (GRADIENTS.replace("0.048,2.58,2", "0.048"), "line 3: 4 cells, the header has 6"),
+    ("", "line 1: no 'epoch' or 'grad_norm' column (the header is empty)"),
+], ids=["missing-column", "not-a-number", "epoch-not-a-number", "extra-cell", "missing-cells", "empty"])
+def test_plot_gradients_names_the_line_of_a_malformed_gradients_csv(cli, tmp_path, text, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "gradients.csv").write_text(text)
+    result = cli("plot", run, "--gradients", "-o", tmp_path / "flow.png")
+    refused(result, run / "gradients.csv", f"{message}; gradients.csv is written by `cnnctl train`, was it edited or "
+            "damaged?", tmp_path / "flow.png")
+    assert (run / "gradients.csv").read_text() == text
+
+
+def test_plot_gradients_of_a_well_formed_file_draws_its_last_epoch(cli, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "gradients.csv").write_text(GRADIENTS)
+    with pytest.MonkeyPatch.context() as mp:
+        drawn = capture_figures(mp)
+        result = cli("plot", run, "--gradients", "-o", tmp_path / "flow.png")
+    assert result.exit_code == 0, result.output
+    assert data_lines(drawn[0].axes[0]) == {"run (epoch 2)": ([0.0], [0.21])}

@@ -4,18 +4,21 @@ non-finite loss, each listed with its status; a held lock lists as running; --js
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cnnctl.cli import app
-from cnnctl.runs import STATUS_FILE, list_runs
-from tests.conftest import write_config
+from cnnctl.runs import MAX_RUN_FILE_BYTES, STATUS_FILE, list_runs
+from tests.conftest import run_cnnctl, write_config
 from tests.test_runlock import _holder_process
 
 TINY = """\
@@ -145,3 +148,103 @@ def test_listing_does_not_import_torch(runs_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- hostile run folders (issue 23, item 4)
+
+# 341 bytes that expand to 9**9 (387 million) strings: the "billion laughs" bomb, as a run's config.yaml
+ALIAS_BOMB = "a: &a [" + ",".join(['"lol"'] * 9) + "]\n" + "".join(
+    f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True))
+
+
+def _fake_run(folder: Path, *, arch: object = "lenet5", summary: dict | None = None) -> Path:
+    """A run folder as training leaves it, written by hand: config.yaml and, when given, summary.json."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"model: {{arch: {json.dumps(arch)}}}\ndata: {{dataset: digits}}\n"
+                                        "train: {epochs: 3}\n")
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def _tree(folder: Path) -> dict[str, object]:
+    """Every entry under ``folder``: a regular file's bytes, or what else it is (a FIFO is never opened)."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else oct(p.lstat().st_mode)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_hostile_run_folders_are_skipped_with_a_reason_and_never_hang(tmp_path):
+    folder = tmp_path / "runs"
+    _fake_run(folder / "good", summary={"epochs": 3, "wall_seconds": 12.5})
+    (folder / "bomb").mkdir(parents=True)
+    (folder / "bomb" / "config.yaml").write_text(ALIAS_BOMB)
+    (folder / "pipe").mkdir()
+    os.mkfifo(folder / "pipe" / "config.yaml")
+    os.mkfifo(_fake_run(folder / "pipe-summary") / "summary.json")
+    os.mkfifo(_fake_run(folder / "pipe-lock", summary={"epochs": 3}) / ".lock")  # listed: a FIFO is no lock holder
+    (_fake_run(folder / "huge") / "metrics.csv").write_bytes(b"")
+    os.truncate(folder / "huge" / "metrics.csv", MAX_RUN_FILE_BYTES + 1)  # sparse: no disk used
+    before = _tree(folder)
+    start = time.monotonic()
+    result = run_cnnctl("runs", folder, "--json", timeout=120)
+    assert time.monotonic() - start < 60  # the bomb took 27 s and 2.5 GB, then a MemoryError traceback
+    assert result.exit_code == 0, result.stderr
+    assert [r["name"] for r in json.loads(result.stdout)] == ["good", "pipe-lock"]  # stdout: one JSON document
+    skipped = {line.split(":")[0].removeprefix("skipped "): line for line in result.stderr.splitlines()}
+    assert sorted(skipped) == [str(folder / name) for name in ("bomb", "huge", "pipe", "pipe-summary")]
+    assert ": config.yaml: line 6, column 4: this value (f) holds 597,871 values once its aliases (*name) are " \
+        "expanded" in skipped[str(folder / "bomb")]  # refused as it is parsed, at the first value past the limit
+    assert "config.yaml is a FIFO (named pipe), not a regular file" in skipped[str(folder / "pipe")]
+    assert "summary.json is a FIFO (named pipe), not a regular file" in skipped[str(folder / "pipe-summary")]
+    assert f"metrics.csv is {MAX_RUN_FILE_BYTES + 1:,} bytes, more than training writes" in skipped[str(folder / "huge")]
+    assert "Traceback" not in result.stderr
+    assert _tree(folder) == before  # nothing read was changed, no lock created
+    table = run_cnnctl("runs", folder, timeout=120)
+    assert table.exit_code == 0 and table.stderr == result.stderr
+    assert [line.split()[0] for line in table.stdout.splitlines()] == ["RUN", "good", "pipe-lock"]
+
+
+def test_sort_never_compares_values_of_different_types(tmp_path, caplog):
+    folder = tmp_path / "runs"
+    _fake_run(folder / "text-wall", arch="resnet20", summary={"epochs": 2, "wall_seconds": "slow", "test": {"accuracy": "high"}})
+    _fake_run(folder / "number-arch", arch=5, summary={"epochs": True, "wall_seconds": 3.0, "test": {"accuracy": 0.9}})
+    _fake_run(folder / "list-arch", arch=[1, 2], summary={"epochs": 4, "wall_seconds": float("nan")})
+    _fake_run(folder / "plain", arch="alexnet", summary={"epochs": 1, "wall_seconds": 7.0, "test": {"accuracy": 0.5}})
+    for sort, order in {"arch": ["plain", "text-wall", "list-arch", "number-arch"],
+                        "wall": ["number-arch", "plain", "list-arch", "text-wall"],
+                        "test_acc": ["number-arch", "plain", "list-arch", "text-wall"],
+                        "epochs": ["list-arch", "text-wall", "plain", "number-arch"]}.items():
+        code, stdout, stderr = _invoke("runs", folder, "--sort", sort, "--json")
+        assert code == 0, stderr
+        assert [r["name"] for r in json.loads(stdout)] == order, sort
+    runs = {r["name"]: r for r in list_runs(folder)}
+    assert runs["number-arch"]["arch"] is None and runs["list-arch"]["arch"] is None  # shown as "?"
+    assert runs["text-wall"]["wall_seconds"] is None and runs["text-wall"]["test_acc"] is None
+    assert runs["number-arch"]["epochs_done"] == 0  # true is no epoch count
+    assert not caplog.records
+
+
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch, caplog):
+    """Root lists any folder whatever its mode, so the operating system's refusal is played by os.scandir."""
+    folder = tmp_path / "runs"
+    _fake_run(folder / "good")
+    (folder / "locked" / "inner").mkdir(parents=True)
+    (folder / "locked").chmod(0)
+    real = os.scandir
+
+    def scandir(path=".") -> object:
+        if Path(path).name == "locked" or (Path(path) == folder and os.environ.get("LOCK_TOP")):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cnnctl"):
+            assert [r["name"] for r in list_runs(folder)] == ["good"]
+        assert caplog.messages == [f"skipped {folder / 'locked'}: cannot be read: Permission denied"]
+        monkeypatch.setenv("LOCK_TOP", "1")
+        code, stdout, stderr = _invoke("runs", folder)
+    finally:
+        (folder / "locked").chmod(0o755)
+    assert code == 2 and stdout == ""
+    assert stderr == f"error: {folder}: cannot be read: Permission denied\n"

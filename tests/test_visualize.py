@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from cnnctl.attribution import named_layer
 from cnnctl.plots import DPI
 from cnnctl.visualize import (
     FIGSIZE,
@@ -281,3 +290,94 @@ def test_feature_tiles_and_mosaic():
     for (y, x), tile in zip(origins, tiles[:6], strict=True):
         assert np.array_equal(picture[y:y + 4, x:x + 4], tile)
     assert origins[4] == (6, 6)
+
+
+# ---------------------------------------------------------------- hostile input and signals (issue 23, items 5, 18)
+
+
+def _writer_after(fifo: Path, seconds: float) -> threading.Timer:
+    """Open ``fifo``'s write end after ``seconds`` and close it, if anyone is reading it by then: a command that wrongly
+    opened the FIFO then reads an empty file and fails the test, instead of waiting for a writer forever."""
+    def write() -> None:
+        with contextlib.suppress(OSError):  # ENXIO: nobody has it open for reading, as it should be
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    timer = threading.Timer(seconds, write)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def test_a_fifo_as_image_is_refused_like_predict_does(cli, run_dir, tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    before = (run_dir / "best.pt").read_bytes()
+    timer = _writer_after(tmp_path / "pipe.png", 20)
+    result = cli("visualize", run_dir, "--image", tmp_path / "pipe.png", "-o", tmp_path / "out")
+    timer.cancel()
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: {tmp_path / 'pipe.png'}: --image: not an image file: a FIFO (named pipe); give "
+                             "an image file (PNG, JPEG, ...)\n")
+    assert not (tmp_path / "out").exists() and (run_dir / "best.pt").read_bytes() == before
+    assert stat.S_ISFIFO(os.stat(tmp_path / "pipe.png").st_mode)
+
+
+@pytest.mark.parametrize("layer, what", [("classifier.0", "a Linear"), ("features.1", "a ReLU"),
+                                         ("features", "a Sequential")])
+def test_layer_that_is_not_a_conv_stage_is_refused_listing_them(cli, run_dir, tmp_path, layer, what):
+    pytest.importorskip("captum")
+    result = cli("visualize", run_dir, "-o", tmp_path / "out", "--layer", layer)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: {run_dir / 'best.pt'}: --layer {layer!r}: {what}, not a conv stage; Grad-CAM "
+                             "reads the feature maps of a convolution (or a ResNet's layerN stage). Conv stages: "
+                             "features.0, features.3\n")
+    assert not (tmp_path / "out").exists(), "refused before a PNG is written"
+    _, model = loaded(run_dir)
+    assert named_layer(model, "features.3") is model.features[3]
+
+
+def _handled_signals(pid: int) -> set[int]:
+    """The signals process ``pid`` has installed handlers for (Linux: SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            mask = int(line.split()[1], 16)
+            return {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
+    return set()
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert proc.poll() is None, f"visualize ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} in 120 s"
+        time.sleep(0.002)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads a process's handlers from /proc")
+@pytest.mark.parametrize("sig, moment", [
+    (signal.SIGINT, None),  # while torch is imported
+    (signal.SIGTERM, "filters.png"),  # while the feature maps are drawn
+    (signal.SIGINT, "prediction.png"),  # while Captum is imported and the attribution maps computed
+])
+def test_a_signal_during_visualize_always_exits_128_plus_it(run_dir, tmp_path, sig, moment):
+    """Python raises KeyboardInterrupt wherever it is when SIGINT comes: in a weakref callback during drawing it was
+    only printed ("Exception ignored in ...") and visualize exited 0; in matplotlib's C resampler or an extension's
+    import it became a ValueError or ImportError traceback. Now the signal is noted and acted on between steps."""
+    out = tmp_path / "out"
+    before = (run_dir / "best.pt").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", "visualize", str(run_dir), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: signal.SIGTERM in _handled_signals(proc.pid), proc, "handlers")
+        if moment is not None:
+            _wait_for((out / moment).exists, proc, moment)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, stderr
+    assert stderr.splitlines()[-1] == f"interrupted by {signal.Signals(sig).name}", stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert stdout == ""
+    assert not list(out.glob(".*")), "no temporary file left behind"
+    assert (run_dir / "best.pt").read_bytes() == before

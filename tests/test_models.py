@@ -498,3 +498,18 @@ def test_a_zoo_network_too_large_through_the_cli(cli, tmp_path, command):
     assert "classifier.0 (Linear)" in first and "data.image_size" in first
     assert "Traceback" not in result.output and "DefaultCPUAllocator" not in result.output
     assert not out.exists()  # refused before a run folder was made
+
+
+def test_every_zoo_network_is_a_documented_def_of_its_own_name():
+    """`grep "def resnet18"` finds the network: each registry name is a module-level def of that name with a
+    docstring, not a renamed closure."""
+    import inspect
+
+    from cnnctl.models.registry import MODELS
+
+    for name in MODELS.names():
+        builder = MODELS.get(name)
+        assert inspect.isfunction(builder) and builder.__name__ == name == builder.__qualname__, name
+        assert builder.__doc__ and builder.__doc__.strip(), name
+        source = inspect.getsource(inspect.getmodule(builder))
+        assert f"\ndef {name}(" in source, name

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -139,84 +137,123 @@ def _check_stem(stem: str) -> None:
         raise ConfigError(f"model.stem: {stem!r} is not one of {', '.join(STEMS)}")
 
 
-def _imagenet_family(block: Block, layers: list[int], depth: int) -> Callable[..., ResNet]:
-    def build(
-        *,
-        num_classes: int,
-        in_channels: int,
-        image_size: tuple[int, int],
-        stem: str = "auto",
-        zero_init_residual: bool = False,
-        dropout: float = 0.0,
-    ) -> ResNet:
-        _check_stem(stem)
-        if stem == "auto":
-            stem = "imagenet" if min(image_size) >= IMAGENET_MIN_SIDE else "cifar"
-        return ResNet(
-            block,
-            layers,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            stem=stem,
-            zero_init_residual=zero_init_residual,
-            dropout=dropout,
+def _imagenet_resnet(block: Block, layers: list[int], *, num_classes: int, in_channels: int,
+                     image_size: tuple[int, int], stem: str, zero_init_residual: bool, dropout: float) -> ResNet:
+    """torchvision's ResNet of ``block`` x ``layers``, with the stem ``auto`` picks by image size."""
+    _check_stem(stem)
+    if stem == "auto":
+        stem = "imagenet" if min(image_size) >= IMAGENET_MIN_SIDE else "cifar"
+    return ResNet(block, layers, num_classes=num_classes, in_channels=in_channels, stem=stem,
+                  zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def _cifar_resnet(depth: int, *, num_classes: int, in_channels: int, stem: str, zero_init_residual: bool,
+                  dropout: float) -> ResNet:
+    """He et al. 2016's CIFAR ResNet of ``depth`` = 6n + 2 layers: 3 stages of n basic blocks, 16/32/64 channels.
+    Shortcuts that change shape are 1x1 conv + BN projections (the paper's option B; its 0.27M for ResNet-20 is
+    option A, zero-padding, which these projections add 2,752 parameters to)."""
+    _check_stem(stem)
+    if stem == "imagenet":
+        raise ConfigError(
+            f"model.stem: resnet{depth} is a CIFAR net with a 3x3 stem only; remove stem (or set it to cifar), "
+            "or use resnet18/34/50 for the ImageNet stem"
         )
-
-    build.__name__ = build.__qualname__ = f"resnet{depth}"
-    build.__doc__ = (
-        f"ResNet-{depth}: {block.__name__} x {layers}. ``stem``: imagenet (7x7/2 conv + max-pool), cifar (3x3/1 "
-        f"conv, no max-pool) or auto (imagenet from {IMAGENET_MIN_SIDE} pixels a side). ``zero_init_residual``: "
-        "each block's last BN starts at zero. ``dropout``: before fc."
-    )
-    return build
-
-
-def _cifar_family(depth: int) -> Callable[..., ResNet]:
     n = (depth - 2) // 6
-
-    def build(
-        *,
-        num_classes: int,
-        in_channels: int,
-        stem: str = "auto",
-        zero_init_residual: bool = False,
-        dropout: float = 0.0,
-    ) -> ResNet:
-        _check_stem(stem)
-        if stem == "imagenet":
-            raise ConfigError(
-                f"model.stem: resnet{depth} is a CIFAR net with a 3x3 stem only; remove stem (or set it to cifar), "
-                "or use resnet18/34/50 for the ImageNet stem"
-            )
-        return ResNet(
-            BasicBlock,
-            [n, n, n],
-            num_classes=num_classes,
-            in_channels=in_channels,
-            stem="cifar",
-            widths=(16, 32, 64),
-            zero_init_residual=zero_init_residual,
-            dropout=dropout,
-        )
-
-    build.__name__ = build.__qualname__ = f"resnet{depth}"
-    build.__doc__ = (
-        f"He et al. 2016 CIFAR ResNet-{depth}: a 3x3 conv of 16, then 3 stages of {n} basic blocks with 16/32/64 "
-        "channels. Shortcuts that change shape are 1x1 conv + BN projections (the paper's option B; its 0.27M for "
-        "ResNet-20 is option A, zero-padding, which these projections add 2,752 parameters to)."
-    )
-    return build
+    return ResNet(BasicBlock, [n, n, n], num_classes=num_classes, in_channels=in_channels, stem="cifar",
+                  widths=(16, 32, 64), zero_init_residual=zero_init_residual, dropout=dropout)
 
 
-resnet18 = _imagenet_family(BasicBlock, [2, 2, 2, 2], 18)
-resnet34 = _imagenet_family(BasicBlock, [3, 4, 6, 3], 34)
-resnet50 = _imagenet_family(Bottleneck, [3, 4, 6, 3], 50)
-resnet101 = _imagenet_family(Bottleneck, [3, 4, 23, 3], 101)
-resnet152 = _imagenet_family(Bottleneck, [3, 8, 36, 3], 152)
-# ResNet-200's block counts come from He et al. 2016b (https://arxiv.org/abs/1603.05027), whose blocks are
-# pre-activation; here they are torchvision's v1.5 blocks like the rest. torchvision has no resnet200.
-resnet200 = _imagenet_family(Bottleneck, [3, 24, 36, 3], 200)
-resnet20, resnet32, resnet44 = _cifar_family(20), _cifar_family(32), _cifar_family(44)
-resnet56, resnet110 = _cifar_family(56), _cifar_family(110)
-# He et al. 2016's "over 1000 layers" experiment (Sec. 4.2, Table 6: 19.4M parameters, n = 200 blocks a stage).
-resnet1202 = _cifar_family(1202)
+# The zoo: one documented def per network, as torchvision writes them, each registered under its own name in
+# models/registry.py (which names them without importing torch). The ImageNet ResNets take ``stem``: imagenet (7x7/2
+# conv + max-pool), cifar (3x3/1 conv, no max-pool) or auto (imagenet from IMAGENET_MIN_SIDE pixels a side);
+# ``zero_init_residual``: each block's last BN starts at zero; ``dropout``: before fc.
+
+
+def resnet18(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+             zero_init_residual: bool = False, dropout: float = 0.0) -> ResNet:
+    """ResNet-18 (He et al. 2015): basic blocks [2, 2, 2, 2]; 11.7M parameters at 1000 classes."""
+    return _imagenet_resnet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels,
+                            image_size=image_size, stem=stem, zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def resnet34(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+             zero_init_residual: bool = False, dropout: float = 0.0) -> ResNet:
+    """ResNet-34 (He et al. 2015): basic blocks [3, 4, 6, 3]."""
+    return _imagenet_resnet(BasicBlock, [3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels,
+                            image_size=image_size, stem=stem, zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def resnet50(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+             zero_init_residual: bool = False, dropout: float = 0.0) -> ResNet:
+    """ResNet-50 (He et al. 2015): bottleneck blocks [3, 4, 6, 3] (torchvision's v1.5: stride in the 3x3)."""
+    return _imagenet_resnet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels,
+                            image_size=image_size, stem=stem, zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def resnet101(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+              zero_init_residual: bool = False, dropout: float = 0.0) -> ResNet:
+    """ResNet-101 (He et al. 2015): bottleneck blocks [3, 4, 23, 3]."""
+    return _imagenet_resnet(Bottleneck, [3, 4, 23, 3], num_classes=num_classes, in_channels=in_channels,
+                            image_size=image_size, stem=stem, zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def resnet152(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+              zero_init_residual: bool = False, dropout: float = 0.0) -> ResNet:
+    """ResNet-152 (He et al. 2015): bottleneck blocks [3, 8, 36, 3]."""
+    return _imagenet_resnet(Bottleneck, [3, 8, 36, 3], num_classes=num_classes, in_channels=in_channels,
+                            image_size=image_size, stem=stem, zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def resnet200(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+              zero_init_residual: bool = False, dropout: float = 0.0) -> ResNet:
+    """ResNet-200: bottleneck blocks [3, 24, 36, 3], the counts of He et al. 2016b
+    (https://arxiv.org/abs/1603.05027), whose blocks are pre-activation; here they are torchvision's v1.5 blocks
+    like the rest. torchvision has no resnet200."""
+    return _imagenet_resnet(Bottleneck, [3, 24, 36, 3], num_classes=num_classes, in_channels=in_channels,
+                            image_size=image_size, stem=stem, zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+# He et al. 2016's CIFAR ResNets (Sec. 4.2): ``stem`` cifar only; ``zero_init_residual`` and ``dropout`` as above.
+
+
+def resnet20(*, num_classes: int, in_channels: int, stem: str = "auto", zero_init_residual: bool = False,
+             dropout: float = 0.0) -> ResNet:
+    """CIFAR ResNet-20: 3 stages of 3 basic blocks (272,474 parameters at 10 classes)."""
+    return _cifar_resnet(20, num_classes=num_classes, in_channels=in_channels, stem=stem,
+                         zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def resnet32(*, num_classes: int, in_channels: int, stem: str = "auto", zero_init_residual: bool = False,
+             dropout: float = 0.0) -> ResNet:
+    """CIFAR ResNet-32: 3 stages of 5 basic blocks."""
+    return _cifar_resnet(32, num_classes=num_classes, in_channels=in_channels, stem=stem,
+                         zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def resnet44(*, num_classes: int, in_channels: int, stem: str = "auto", zero_init_residual: bool = False,
+             dropout: float = 0.0) -> ResNet:
+    """CIFAR ResNet-44: 3 stages of 7 basic blocks."""
+    return _cifar_resnet(44, num_classes=num_classes, in_channels=in_channels, stem=stem,
+                         zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def resnet56(*, num_classes: int, in_channels: int, stem: str = "auto", zero_init_residual: bool = False,
+             dropout: float = 0.0) -> ResNet:
+    """CIFAR ResNet-56: 3 stages of 9 basic blocks."""
+    return _cifar_resnet(56, num_classes=num_classes, in_channels=in_channels, stem=stem,
+                         zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def resnet110(*, num_classes: int, in_channels: int, stem: str = "auto", zero_init_residual: bool = False,
+              dropout: float = 0.0) -> ResNet:
+    """CIFAR ResNet-110: 3 stages of 18 basic blocks."""
+    return _cifar_resnet(110, num_classes=num_classes, in_channels=in_channels, stem=stem,
+                         zero_init_residual=zero_init_residual, dropout=dropout)
+
+
+def resnet1202(*, num_classes: int, in_channels: int, stem: str = "auto", zero_init_residual: bool = False,
+               dropout: float = 0.0) -> ResNet:
+    """CIFAR ResNet-1202: 3 stages of 200 basic blocks, He et al. 2016's "over 1000 layers" experiment (Sec. 4.2,
+    Table 6: 19.4M parameters)."""
+    return _cifar_resnet(1202, num_classes=num_classes, in_channels=in_channels, stem=stem,
+                         zero_init_residual=zero_init_residual, dropout=dropout)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -83,23 +81,70 @@ def resolve_stem(stem: str, image_size: tuple[int, int]) -> str:
     return stem
 
 
-def _factory(cfg: str, batch_norm: bool, depth: int) -> Callable[..., VGG]:
-    def build(
-        *, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto", dropout: float = 0.0
-    ) -> VGG:
-        head = resolve_stem(stem, image_size)
-        return VGG(make_layers(CFGS[cfg], in_channels, batch_norm), num_classes, head, dropout)
-
-    build.__name__ = build.__qualname__ = f"vgg{depth}{'_bn' if batch_norm else ''}"
-    build.__doc__ = (
-        f"VGG-{depth}{' with batch norm' if batch_norm else ''} (config {cfg}). ``stem``: imagenet (torchvision's "
-        f"7x7 head), cifar (1x1 pool, 512-wide MLP) or auto (imagenet from {IMAGENET_MIN_SIDE} pixels a side). "
-        "``dropout``: in the classifier, as given (torchvision's default is 0.5)."
-    )
-    return build
+def _vgg(cfg: str, batch_norm: bool, *, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str,
+         dropout: float) -> VGG:
+    """VGG of layer config ``cfg``. ``stem``: imagenet (torchvision's 7x7 head), cifar (1x1 pool, 512-wide MLP) or
+    auto (imagenet from IMAGENET_MIN_SIDE pixels a side). ``dropout``: in the classifier, as given (torchvision's
+    default is 0.5)."""
+    head = resolve_stem(stem, image_size)
+    return VGG(make_layers(CFGS[cfg], in_channels, batch_norm), num_classes, head, dropout)
 
 
-vgg11, vgg11_bn = _factory("A", False, 11), _factory("A", True, 11)
-vgg13, vgg13_bn = _factory("B", False, 13), _factory("B", True, 13)
-vgg16, vgg16_bn = _factory("D", False, 16), _factory("D", True, 16)
-vgg19, vgg19_bn = _factory("E", False, 19), _factory("E", True, 19)
+# The zoo: one documented def per network, as torchvision writes them (Simonyan & Zisserman 2014, Table 1's
+# configurations A, B, D, E), each registered under its own name in models/registry.py.
+
+
+def vgg11(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+          dropout: float = 0.0) -> VGG:
+    """VGG-11 (configuration A)."""
+    return _vgg("A", False, num_classes=num_classes, in_channels=in_channels, image_size=image_size, stem=stem,
+                dropout=dropout)
+
+
+def vgg11_bn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+             dropout: float = 0.0) -> VGG:
+    """VGG-11 with batch norm after each conv (configuration A)."""
+    return _vgg("A", True, num_classes=num_classes, in_channels=in_channels, image_size=image_size, stem=stem,
+                dropout=dropout)
+
+
+def vgg13(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+          dropout: float = 0.0) -> VGG:
+    """VGG-13 (configuration B)."""
+    return _vgg("B", False, num_classes=num_classes, in_channels=in_channels, image_size=image_size, stem=stem,
+                dropout=dropout)
+
+
+def vgg13_bn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+             dropout: float = 0.0) -> VGG:
+    """VGG-13 with batch norm after each conv (configuration B)."""
+    return _vgg("B", True, num_classes=num_classes, in_channels=in_channels, image_size=image_size, stem=stem,
+                dropout=dropout)
+
+
+def vgg16(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+          dropout: float = 0.0) -> VGG:
+    """VGG-16 (configuration D)."""
+    return _vgg("D", False, num_classes=num_classes, in_channels=in_channels, image_size=image_size, stem=stem,
+                dropout=dropout)
+
+
+def vgg16_bn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+             dropout: float = 0.0) -> VGG:
+    """VGG-16 with batch norm after each conv (configuration D)."""
+    return _vgg("D", True, num_classes=num_classes, in_channels=in_channels, image_size=image_size, stem=stem,
+                dropout=dropout)
+
+
+def vgg19(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+          dropout: float = 0.0) -> VGG:
+    """VGG-19 (configuration E)."""
+    return _vgg("E", False, num_classes=num_classes, in_channels=in_channels, image_size=image_size, stem=stem,
+                dropout=dropout)
+
+
+def vgg19_bn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], stem: str = "auto",
+             dropout: float = 0.0) -> VGG:
+    """VGG-19 with batch norm after each conv (configuration E)."""
+    return _vgg("E", True, num_classes=num_classes, in_channels=in_channels, image_size=image_size, stem=stem,
+                dropout=dropout)

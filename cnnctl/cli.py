@@ -314,9 +314,13 @@ def visualize(
 ) -> None:
     """Draw the first layer's filters, the feature maps of every conv/pool stage, the top-k prediction and where the
     network looks (Grad-CAM, occlusion, saliency; needs the [explain] extra)."""
-    from cnnctl.visualize import visualize as run_visualize
+    from cnnctl.interrupts import stop_on_signal
 
-    for path in run_visualize(checkpoint, image=image, output=output, layer=layer):
+    with stop_on_signal():  # a signal is acted on between steps, never inside a finalizer or C callback
+        from cnnctl.visualize import visualize as run_visualize
+
+        written = run_visualize(checkpoint, image=image, output=output, layer=layer)
+    for path in written:
         typer.echo(str(path))
 
 

@@ -332,10 +332,10 @@ class TensorBoard(Hook):
     matrix (confusion_matrix.png) and the first conv layer's filters."""
 
     def __init__(self, run_dir: Path) -> None:
+        require_tensorboard()  # the install hint before anything is written
         self.run_dir = run_dir
         self.folder = run_dir / "tensorboard"
         self.writer: Any = None
-        require_tensorboard()  # the install hint before anything is written
 
     def _writing(self) -> contextlib.AbstractContextManager[None]:
         return writing(self.folder, note="train.tensorboard: true writes its event files there; make it a writable "

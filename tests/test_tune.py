@@ -344,6 +344,7 @@ def load_study(study_dir: Path, name: str):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_during_a_trial_stops_the_search_and_says_how_to_resume_it(cli, tmp_path, sig, code):
     base = write_config(tmp_path / "tiny.yaml", QUICK.replace("epochs: 2", "epochs: 10000"))  # training when asked
@@ -352,11 +353,16 @@ def test_a_signal_during_a_trial_stops_the_search_and_says_how_to_resume_it(cli,
     proc = subprocess.Popen([sys.executable, "-m", "cnnctl", "tune", str(base), "--space", str(space), "--method",
                              "grid", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while not (study_dir / "trial-0000" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # trial 0 has trained an epoch: the signal meets its training
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not (study_dir / "trial-0000" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # trial 0 has trained an epoch: the signal meets its training
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:  # a search that ignored the signal would train on for hours
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
     assert proc.returncode == code, stderr
     assert stdout == "" and "Traceback" not in stderr
@@ -382,8 +388,19 @@ def test_a_signal_during_a_trial_stops_the_search_and_says_how_to_resume_it(cli,
         assert sorted(float(r["optimizer.lr"]) for r in rows[1:]) == [0.003, 0.01]
 
 
+@pytest.fixture
+def sigterm_fails_the_test():
+    """A SIGTERM that tune leaves unhandled fails the test instead of ending pytest."""
+    def unhandled(signum, frame):
+        raise AssertionError("SIGTERM reached the test: tune did not handle it")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.parametrize("when", ["before training", "after the trial"])
-def test_a_signal_outside_training_stops_the_search_too(cli, tmp_path, monkeypatch, when):
+def test_a_signal_outside_training_stops_the_search_too(cli, tmp_path, monkeypatch, sigterm_fails_the_test, when):
     from cnnctl.tune import search
 
     base = write_config(tmp_path / "tiny.yaml", QUICK.replace("epochs: 2", "epochs: 1"))

@@ -169,13 +169,7 @@ class _Objective:
                 raise TrainingError(f"no epoch reported {self.metric} (is there a validation split?); choose another "
                                     "--metric or set data.val_split > 0")
         except Interrupted as e:  # optuna marks the trial failed and re-raises: the search stops
-            name = signal.Signals(e.signum).name
-            self._record(trial, run_dir, pruning.rows, time.perf_counter() - t0, None)
-            trial.set_user_attr("interrupted", name)
-            trial.set_user_attr("note", f"interrupted by {name} after {len(pruning.rows)} epochs; runs again first "
-                                        "when the search is resumed")
-            self.interrupted = n
-            log.warning("trial %d interrupted by %s after %d epochs", n, name, len(pruning.rows))
+            self._mark_interrupted(trial, e.signum, run_dir, pruning.rows, time.perf_counter() - t0)
             raise
         except CnnctlError as e:
             trial.set_user_attr("error", str(e))
@@ -197,6 +191,20 @@ class _Objective:
             raise optuna.TrialPruned(pruning.reason)
         log.info("trial %d: %s%s", n, done, self._best_so_far(value))
         return value
+
+    def _mark_interrupted(self, trial: Any, signum: int, run_dir: Path, rows: list[dict[str, Any]],
+                          seconds: float) -> None:
+        """Record a trial a signal stopped. Optuna marks it failed, not pruned: samplers (TPE) learn from a pruned
+        trial that its values are bad and the pruner's medians read its curve, while a signal says nothing about
+        the values; a failed trial is left out of both. The user attribute ``interrupted`` tells it from a real
+        failure: trials.csv's state, the --trials count (``_counted``), the retry (``_queue_retry``)."""
+        name = signal.Signals(signum).name
+        self._record(trial, run_dir, rows, seconds, None)
+        trial.set_user_attr("interrupted", name)
+        trial.set_user_attr("note", f"interrupted by {name} after {len(rows)} epochs; runs again first when the "
+                                    "search is resumed")
+        self.interrupted = trial.number
+        log.warning("trial %d interrupted by %s after %d epochs", trial.number, name, len(rows))
 
     def _record(self, trial: Any, run_dir: Path, rows: list[dict[str, Any]], seconds: float, value: float | None) -> None:
         trial.set_user_attr("run_dir", str(run_dir) if run_dir.exists() else None)

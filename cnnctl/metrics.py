@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cnnctl.losses import create_loss
+from cnnctl.losses import loss_sum
 
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -78,7 +78,7 @@ class EvalAccumulator:
             return
         logits, targets = torch.cat(self._logits), torch.cat(self._targets)
         self._logits, self._targets, self._rows = [], [], 0
-        self.loss_sum += create_loss(self.loss, reduction="sum")(logits.float(), targets).double()
+        self.loss_sum += loss_sum(self.loss, logits.float(), targets).double()
         self._reduce(logits, targets)
 
     def _reduce(self, logits: torch.Tensor, targets: torch.Tensor) -> None:

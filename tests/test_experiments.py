@@ -9,14 +9,16 @@ from cnnctl.config import CONFIGS_DIR, bundled_configs, load_config, read_yaml, 
 from cnnctl.models.registry import create_model
 
 EXPERIMENTS = sorted(n for n in bundled_configs() if n.split("/")[0] in
-                     ("compare-activations", "compare-depth", "compare-dropout", "compare-dnn-cnn"))
+                     ("compare-activations", "compare-depth", "compare-dropout", "compare-dnn-cnn",
+                      "compare-loss"))
 
 
 def test_the_experiments_are_bundled():
     assert {"compare-activations/sigmoid", "compare-activations/tanh", "compare-activations/relu",
             "compare-activations/leaky_relu", "compare-depth/plain-20", "compare-depth/resnet-20",
             "compare-depth/plain-56", "compare-depth/resnet-56", "compare-dropout/no-dropout",
-            "compare-dropout/dropout", "compare-dnn-cnn/mlp", "compare-dnn-cnn/cnn"} <= set(EXPERIMENTS)
+            "compare-dropout/dropout", "compare-dnn-cnn/mlp", "compare-dnn-cnn/cnn",
+            "compare-loss/cross_entropy", "compare-loss/mse"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -66,3 +68,11 @@ def test_the_dnn_and_cnn_runs_differ_only_in_the_network():
            {k: v for k, v in cnn.items() if k not in ("name", "model")}
     assert not any(isinstance(x, dict) and ("conv" in x or "dropout" in x) for x in mlp["model"]["layers"])
     assert sum(isinstance(x, dict) and "conv" in x for x in cnn["model"]["layers"]) == 2
+
+
+def test_the_loss_runs_differ_only_in_the_loss():
+    ce, mse = (read_yaml(resolve_config_path(f"compare-loss/{n}")) for n in ("cross_entropy", "mse"))
+    assert (ce["train"].pop("loss"), mse["train"].pop("loss")) == ("cross_entropy", "mse")
+    assert {k: v for k, v in ce.items() if k != "name"} == {k: v for k, v in mse.items() if k != "name"}
+    assert (load_config("compare-loss/cross_entropy")[0].train.loss, load_config("compare-loss/mse")[0].train.loss) \
+        == ("cross_entropy", "mse")

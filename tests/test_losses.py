@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cnnctl.checkpoint import load_checkpoint
-from cnnctl.losses import SoftmaxMSELoss, create_loss, smoothed_one_hot
+from cnnctl.losses import SoftmaxMSELoss, create_loss, loss_sum, smoothed_one_hot
 from tests.conftest import write_config
 from tests.test_resume import max_difference, metrics_without_time
 
@@ -29,6 +29,9 @@ def test_mse_is_the_squared_error_of_the_softmax_summed_over_classes():
     by_hand = ((p[0, 0] - 1) ** 2 + p[0, 1] ** 2 + p[0, 2] ** 2 + p[1, 0] ** 2 + (p[1, 1] - 1) ** 2 + p[1, 2] ** 2) / 2
     assert float(SoftmaxMSELoss()(z, t)) == pytest.approx(float(by_hand), abs=1e-7)
     assert float(create_loss("mse", reduction="sum")(z, t)) == pytest.approx(2 * float(by_hand), abs=1e-6)
+    assert float(loss_sum("mse", z, t)) == pytest.approx(2 * float(by_hand), abs=1e-6)  # what val_loss sums
+    assert float(loss_sum("cross_entropy", z, t)) == pytest.approx(
+        float(create_loss("cross_entropy", reduction="sum")(z, t)), abs=1e-6)
 
 
 def test_mse_gradient_at_the_logits_carries_the_softmax_factor():

@@ -231,7 +231,7 @@ def test_nesterov_reaches_sgd_and_only_sgd():
     assert not optimizer_config(lines["adam"], 0.01, overrides).nesterov
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # 10-20 s a surface: the lr table against its rule; scripts/test.sh -m heavy runs it
 @pytest.mark.parametrize("name", SURFACES.names())
 def test_the_default_lrs_are_the_ones_the_documented_rule_picks(name):
     surface = SURFACES.get(name)

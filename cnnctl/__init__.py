@@ -16,8 +16,6 @@ The names are loaded on first use (PEP 562), so ``import cnnctl`` and ``cnnctl -
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.version import __version__
@@ -64,17 +62,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """Keeps ``cnnctl.predict`` the API function: loading the submodule ``cnnctl.predict`` (image discovery and
-    batching) would otherwise set the package's ``predict`` attribute to that module, as the import system does for
-    every submodule. The module stays importable by name (``from cnnctl.predict import predict_files``)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -23,7 +23,7 @@ from cnnctl.config import Config, check_device, check_run_name, resolve_run, sho
 from cnnctl.errors import UsageError
 
 if TYPE_CHECKING:
-    from cnnctl.hooks import Hook
+    from cnnctl.training.hooks import Hook
 
 PathLike = str | os.PathLike[str]
 PATH = "a path (str or os.PathLike)"
@@ -96,10 +96,10 @@ def _overrides(overrides: Sequence[str] | None) -> list[str]:
 
 
 def _hooks(hooks: Sequence[Hook]) -> list[Hook]:
-    from cnnctl.hooks import Hook
+    from cnnctl.training.hooks import Hook
 
-    items = _arg("hooks", hooks, (list, tuple), "a list of cnnctl.hooks.Hook objects")
-    return [_arg(f"hooks[{i}]", hook, (Hook,), "a cnnctl.hooks.Hook (subclass it, override the events you need)")
+    items = _arg("hooks", hooks, (list, tuple), "a list of cnnctl.training.hooks.Hook objects")
+    return [_arg(f"hooks[{i}]", hook, (Hook,), "a cnnctl.training.hooks.Hook (subclass it, override the events you need)")
             for i, hook in enumerate(items)]
 
 
@@ -147,13 +147,13 @@ def train(config: ConfigLike | None = None, *, overrides: Sequence[str] | None =
     ``overrides``: ``--set`` items such as ``"train.epochs=3"``. ``name``/``out``: the run name and the folder of
     run directories (default: the config's). ``resume``: a run directory or checkpoint to continue.
     ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (default: ``train.device``).
-    ``hooks``: your own ``cnnctl.hooks.Hook`` objects, called at the loop's events.
+    ``hooks``: your own ``cnnctl.training.hooks.Hook`` objects, called at the loop's events.
 
     Raises ConfigError (and the other bad-input kinds) before anything is written, TrainingError for a non-finite
     loss, Interrupted after a SIGINT/SIGTERM (Jupyter's interrupt) once last.pt is saved.
     """
-    from cnnctl.plots import read_metrics
-    from cnnctl.run import resolve, train_resolved
+    from cnnctl.insight.plots import read_metrics
+    from cnnctl.training.run import resolve, train_resolved
 
     source, sets, hooks = _config_source(config), _overrides(overrides), _hooks(hooks)
     out, resume = _path("out", out), _path("resume", resume)
@@ -186,7 +186,7 @@ def evaluate(checkpoints: PathLike | Sequence[PathLike], *, split: str = "test",
     (``confused_pairs``). ``plots``: a folder for confusion_matrix.png, per_class.png and mistakes.png (their
     paths in ``plots``).
     """
-    from cnnctl.inference import evaluate_checkpoints
+    from cnnctl.inference.evaluate import evaluate_checkpoints
 
     paths = _paths("checkpoints", checkpoints)
     if split not in ("test", "val"):
@@ -207,7 +207,7 @@ def predict(images: PathLike | Sequence[PathLike], checkpoint: PathLike | None =
     newest run under ``runs/``. ``explain``: each entry also gets ``explain`` (preprocessing, logits, the safe
     softmax step by step, and with ``label`` or ``labels_from_folders`` the image's cross-entropy loss).
     """
-    from cnnctl.predict import predict as predict_images
+    from cnnctl.inference.predict import predict as predict_images
 
     paths, model = _paths("images", images), _path("checkpoint", checkpoint)
     _arg("topk", topk, (int,), "an int (how many classes to show)")
@@ -225,7 +225,7 @@ def summary(config: ConfigLike, *, overrides: Sequence[str] | None = None, expla
     receptive fields and parameter formulas too. ``.text`` is the table ``cnnctl summary`` prints."""
     _arg("explain", explain, (bool,), "True or False")
     cfg = load_config(config, overrides)  # first: a bad config is reported without importing torch
-    from cnnctl.models.summary import network_summary
+    from cnnctl.insight.summary import network_summary
 
     result, text = network_summary(cfg, explain_layers=explain)
     out = Summary(result)

@@ -135,7 +135,7 @@ def eval_(
 
         check_device(device, "--device")
     from cnnctl.api import evaluate
-    from cnnctl.inference import format_report
+    from cnnctl.inference.evaluate import format_report
 
     result = evaluate(checkpoints, split=split.value, data_root=data_root, device=device or "auto", plots=plots)
     for path in result.get("plots", []):
@@ -166,7 +166,7 @@ def predict(
 
         check_device(device, "--device")
     from cnnctl.api import predict as run_predict
-    from cnnctl.predict import check_results, format_predictions
+    from cnnctl.inference.predict import check_results, format_predictions
 
     results = run_predict(images, checkpoint, topk=topk, device=device or "cpu", explain=explain, label=label,
                           labels_from_folders=labels_from_folders)
@@ -250,7 +250,7 @@ def plot(
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")] = Path("comparison.png"),
 ) -> None:
     """Overlay the curves of several runs (e.g. one network trained with different optimizers)."""
-    from cnnctl.plots import plot_runs
+    from cnnctl.insight.plots import plot_runs
 
     typer.echo(str(plot_runs(runs, metric="grad_norm" if gradients else metric, output=output)))
 
@@ -269,7 +269,7 @@ def lr_find(
     """Learning-rate range test (Smith 2017): raise the lr exponentially from the config's initial state, stop when
     the loss diverges, draw loss vs lr to lr_find.png and print a suggested lr. Writes only OUT/lr-find-NAME/."""
     from cnnctl.config import load_config
-    from cnnctl.lr_find import format_result, lr_find_command
+    from cnnctl.training.lr_find import format_result, lr_find_command
 
     _configure(threads=load_config(config, set_)[0].train.threads)
     result = lr_find_command(config, set_, start=start, end=end, steps=steps, out=out, device=device)
@@ -317,7 +317,7 @@ def visualize(
     from cnnctl.interrupts import stop_on_signal
 
     with stop_on_signal():  # a signal is acted on between steps, never inside a finalizer or C callback
-        from cnnctl.visualize import visualize as run_visualize
+        from cnnctl.insight.visualize import visualize as run_visualize
 
         written = run_visualize(checkpoint, image=image, output=output, layer=layer)
     for path in written:
@@ -363,7 +363,7 @@ def export(
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Batch dimension.")] = True,
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript, verified against PyTorch."""
-    from cnnctl.export import export as run_export
+    from cnnctl.inference.export import export as run_export
 
     result = run_export(checkpoint, format=format_.value, output=output, opset=opset, dynamic_batch=dynamic_batch)
     typer.echo(str(result["path"]))
@@ -378,7 +378,7 @@ def runs_(
     json_: JsonOption = False,
 ) -> None:
     """List the runs in a folder: arch, dataset, epochs, status, best val_acc, test accuracy, wall time."""
-    from cnnctl.runs import format_runs, list_runs
+    from cnnctl.insight.runs import format_runs, list_runs
 
     found = list_runs(folder, sort=sort)
     if json_:
@@ -418,6 +418,11 @@ def with_completion(command: Any) -> Any:
 
 
 def main() -> None:
+    from cnnctl.interrupts import on_second_signal
+
+    # The process is the CLI's: a second Ctrl-C (or SIGTERM) while the first is honoured leaves at once. Library
+    # code raises KeyboardInterrupt instead, which a notebook survives.
+    on_second_signal(lambda signum: os._exit(128 + signum))
     with_completion(typer.main.get_command(app))()
 
 

@@ -130,7 +130,7 @@ def _registry_names(dotted: str) -> list[str] | None:
 
         return DATASETS.names()
     if dotted in ("optimizer.name", "scheduler.name"):
-        from cnnctl.optim import OPTIMIZERS, SCHEDULERS
+        from cnnctl.training.optim import OPTIMIZERS, SCHEDULERS
 
         return (OPTIMIZERS if dotted == "optimizer.name" else SCHEDULERS).names()
     return None

@@ -160,7 +160,7 @@ class OptimizerConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        from cnnctl.optim import OPTIMIZERS
+        from cnnctl.training.optim import OPTIMIZERS
 
         if name not in OPTIMIZERS:
             raise ValueError(OPTIMIZERS.unknown(name))
@@ -189,7 +189,7 @@ class SchedulerConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_scheduler(cls, name: str) -> str:
-        from cnnctl.optim import SCHEDULERS
+        from cnnctl.training.optim import SCHEDULERS
 
         if name not in SCHEDULERS:
             raise ValueError(SCHEDULERS.unknown(name))

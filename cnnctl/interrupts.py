@@ -11,7 +11,7 @@ process between a temporary file and its rename.
 Under ``stop_on_signal()`` the handler only records the signal. The command calls ``check()`` between its steps
 (each under a second or two); there ``Interrupted`` unwinds as an ordinary exception (a half-written file's
 temporary removed) and the CLI exits 130 / 143. A signal during the last step is raised when the block ends. A
-second signal quits at once, as in training. Installed by the CLI entry point only: a library caller keeps
+second signal quits at once (``second_signal``), as in training. Installed by the CLI entry point only: a library caller keeps
 Python's own handling.
 
     with stop_on_signal():   # before the heavy imports: an import is a step too
@@ -22,9 +22,8 @@ Python's own handling.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cnnctl.errors import Interrupted
@@ -32,9 +31,31 @@ from cnnctl.errors import Interrupted
 _received: list[int] = []  # the signal that arrived inside stop_on_signal(), not yet raised
 
 
+def _raise_keyboard_interrupt(signum: int) -> None:
+    raise KeyboardInterrupt
+
+
+_on_second_signal: Callable[[int], None] = _raise_keyboard_interrupt
+
+
+def on_second_signal(action: Callable[[int], None]) -> None:
+    """What a second SIGINT/SIGTERM does while the first is being honoured (a run saving last.pt, a search
+    recording its trial). The library raises ``KeyboardInterrupt`` where the main thread is, so a notebook's kernel
+    survives a second Ctrl-C through the Python API; the CLI, which owns its process, sets an action that leaves at
+    once (``os._exit(128 + signum)``)."""
+    global _on_second_signal
+    _on_second_signal = action
+
+
+def second_signal(signum: int) -> None:
+    """Called by every cnnctl signal handler when a signal arrives while an earlier one is still being honoured."""
+    _on_second_signal(signum)
+
+
 def _note(signum: int, frame: Any) -> None:
-    if _received:  # a second signal: leave now
-        os._exit(128 + signum)
+    if _received:  # a second signal: the caller wants out now
+        second_signal(signum)
+        return
     _received.append(signum)
 
 

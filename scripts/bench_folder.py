@@ -6,7 +6,7 @@
 It writes the folders first (kept in ``--workdir`` for the next run): the first ``--images`` MNIST training
 images as PNG class folders (read with torchvision's MNIST reader from the raw archives), and as many synthetic
 32x32 RGB images (noise plus a class-placed square, as the tests make). Each case (a folder and a model) trains
-through ``cnnctl.run.train``, the function ``cnnctl train`` runs, in three variants, their order rotated each
+through ``cnnctl.training.run.train``, the function ``cnnctl train`` runs, in three variants, their order rotated each
 repeat so a drift of the machine's speed spreads over all of them:
 
 - ``stream``: ``data.cache: none``, every image decoded every epoch by the DataLoader workers;
@@ -111,8 +111,8 @@ def config_for(root: Path, channels: int, model: dict, cache: str, epochs: int, 
 
 
 def train_epochs(cfg: Config, tensors: DataBundle | None = None) -> list[float]:
-    """Per-epoch training seconds of ``cnnctl.run.train(cfg)``; ``tensors``: train from this bundle instead."""
-    import cnnctl.run as run_module
+    """Per-epoch training seconds of ``cnnctl.training.run.train(cfg)``; ``tensors``: train from this bundle instead."""
+    import cnnctl.training.run as run_module
 
     original = run_module.load_data
     if tensors is not None:  # the same pixels as an in-memory dataset, through the same run assembly

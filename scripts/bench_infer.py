@@ -3,10 +3,10 @@
     .venv/bin/python scripts/bench_infer.py [--repeats 5] [--images 10000] [--files 1000] [--arch lenet5]
                                             [--paths eval predict]
 
-- eval: ``cnnctl.engine.evaluate`` over the loader ``cnnctl eval`` uses (uint8 images normalized per batch,
+- eval: ``cnnctl.training.engine.evaluate`` over the loader ``cnnctl eval`` uses (uint8 images normalized per batch,
   loss, top-5 and confusion matrix accumulated) against ``model(x)`` under ``torch.inference_mode()`` on the same
   batches already normalized in memory.
-- predict: ``cnnctl.predict.predict`` on a folder of PNG files against a hand-written loop that decodes the same
+- predict: ``cnnctl.inference.predict.predict`` on a folder of PNG files against a hand-written loop that decodes the same
   files with PIL, stacks, normalizes and runs the model on the same batch size.
 Alternating A B B A; medians of images/s and of the per-pair ratio (target >= 0.95).
 """
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cnnctl.checkpoint import save_checkpoint
 from cnnctl.config import Config
 from cnnctl.data.base import TensorSplit, make_loader, to_model_input
-from cnnctl.engine import evaluate
 from cnnctl.models.registry import create_model
+from cnnctl.training.checkpoint import save_checkpoint
+from cnnctl.training.engine import evaluate
 
 
 def main() -> None:
@@ -77,7 +77,7 @@ def main() -> None:
                                "model": model.state_dict()})
         files = sorted(folder.iterdir())
 
-        from cnnctl.predict import predict
+        from cnnctl.inference.predict import predict
 
         def cnnctl_predict() -> float:
             start = time.perf_counter()

@@ -4,7 +4,7 @@
                                            [--record-gradients-every N|off]
 
 For each model (lenet5 on MNIST-shaped data, resnet20 on CIFAR-shaped data) it alternates A B B A: A is
-``cnnctl.run.build_run`` + ``cnnctl.engine.fit`` + ``cnnctl.run.finish`` (the code ``cnnctl train`` runs: progress, metrics.csv, checkpoints, summary.json; no
+``cnnctl.training.run.build_run`` + ``cnnctl.training.engine.fit`` + ``cnnctl.training.run.finish`` (the code ``cnnctl train`` runs: progress, metrics.csv, checkpoints, summary.json; no
 validation split so both sides do the same arithmetic; gradient recording at the config's default, every 20th
 step, unless ``--record-gradients-every`` says otherwise), B is the hand-written loop on the same model, data,
 batch size, dtype and threads. It prints steady-state images/s of each (epochs after the first), the median
@@ -28,9 +28,9 @@ from torch import nn
 
 from cnnctl.config import Config, resolve_run
 from cnnctl.data.base import DataBundle, TensorSplit
-from cnnctl.engine import fit
-from cnnctl.run import build_run, finish
 from cnnctl.runtime import tune_cpu_allocator
+from cnnctl.training.engine import fit
+from cnnctl.training.run import build_run, finish
 
 CASES = {
     # name: (arch, channels, side, samples, batch)
@@ -61,7 +61,7 @@ def config_for(arch: str, batch: int, epochs: int, device: str, record_every: in
 
 def run_cnnctl(cfg: Config, split: TensorSplit, out: Path) -> tuple[float, list[float]]:
     """Wall time of fit and its per-epoch training seconds (``train.compile`` honoured as ``cnnctl train`` does)."""
-    import cnnctl.run as run_module
+    import cnnctl.training.run as run_module
 
     # The bench feeds its own tensors through the real loader: swap load_data for one returning them.
     original = run_module.load_data

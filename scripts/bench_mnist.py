@@ -45,7 +45,7 @@ def main() -> None:
     import torch
 
     from cnnctl.config import load_config
-    from cnnctl.run import train
+    from cnnctl.training.run import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, _ = load_config("lenet5-mnist", [f"data.root={args.root}", *args.overrides])

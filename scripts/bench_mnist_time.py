@@ -38,9 +38,9 @@ def test_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def run_cnnctl(config, test_x, test_y, target: float, out: Path) -> tuple[float | None, int]:
     """Seconds of cnnctl training until the test accuracy first reaches ``target``, and the epoch."""
     from cnnctl.config import resolve_run
-    from cnnctl.engine import fit
-    from cnnctl.hooks import Hook
-    from cnnctl.run import build_run
+    from cnnctl.training.engine import fit
+    from cnnctl.training.hooks import Hook
+    from cnnctl.training.run import build_run
 
     class TimeToTarget(Hook):
         """Stops the run once the test accuracy reaches ``target``; its own test passes are not timed."""

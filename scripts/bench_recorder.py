@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from cnnctl.config import load_config
-from cnnctl.recorders import GradientRecorder
-from cnnctl.run import assemble
+from cnnctl.training.recorders import GradientRecorder
+from cnnctl.training.run import assemble
 
 
 def bench(spec: str, *, every: list[int], repeats: int, block_steps: int, device: str, overrides: list[str]) -> dict:

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_switches.py [--repeats 3] [--epochs 3] [--device auto] [--case resnet20-cifar]
 
-Each variant trains through ``cnnctl.engine.fit`` (as ``cnnctl train`` does, through bench_loop.run_cnnctl) on the same synthetic uint8 data;
+Each variant trains through ``cnnctl.training.engine.fit`` (as ``cnnctl train`` does, through bench_loop.run_cnnctl) on the same synthetic uint8 data;
 the variants take turns (A B C ... A B C ...). Prints the median steady-state images/s of each (epochs after
 the first), its ratio to fp32, and for ``compile`` the compile time: its first epoch minus a steady epoch.
 The defaults of ``train.precision: auto`` and ``train.channels_last: auto`` follow these figures.

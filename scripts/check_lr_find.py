@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import cnnctl
-from cnnctl.lr_find import lr_find
+from cnnctl.training.lr_find import lr_find
 
 
 def main() -> None:

@@ -25,9 +25,9 @@ import yaml
 from PIL import Image
 
 from cnnctl import __version__
-from cnnctl.checkpoint import FORMAT, atomic_write, load_checkpoint, save_checkpoint
 from cnnctl.config import Config, load_config, parse_override
 from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.training.checkpoint import FORMAT, atomic_write, load_checkpoint, save_checkpoint
 from tests.conftest import write_config
 
 # ---------------------------------------------------------------- atomic writes
@@ -289,7 +289,7 @@ def test_plateau_gets_the_first_metric_after_warmup():
     metric after warmup (end of epoch 3) sets the plateau's best; each later flat epoch halves the lr.
     """
     from cnnctl.config import SchedulerConfig
-    from cnnctl.optim import create_scheduler
+    from cnnctl.training.optim import create_scheduler
 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0, momentum=0.0)
@@ -330,7 +330,7 @@ def test_early_stopping_min_mode_stops_a_flat_loss(cli, tmp_path):
 
 def test_early_stopping_min_mode_counts_an_equal_value_as_no_improvement():
     try:
-        from cnnctl.hooks import EarlyStopping
+        from cnnctl.training.hooks import EarlyStopping
     except ImportError:
         from cnnctl.callbacks import EarlyStopping
     for mode in ("min", "auto"):
@@ -345,7 +345,7 @@ def test_early_stopping_min_mode_counts_an_equal_value_as_no_improvement():
 def test_early_stopping_state_is_a_file_format_and_resumes_mid_wait():
     """The state's keys are what checkpoints hold (old checkpoints must keep loading); a resumed wait goes on."""
     try:
-        from cnnctl.hooks import EarlyStopping
+        from cnnctl.training.hooks import EarlyStopping
     except ImportError:
         from cnnctl.callbacks import EarlyStopping
     fresh = EarlyStopping("val_loss", "auto", patience=3)
@@ -375,7 +375,7 @@ def test_best_metric_ignores_non_finite_values_and_honours_min_delta_in_max_mode
     """The mutants scripts/mutation.sh found alive in callbacks: NaN as a best value, min_delta's sign in max mode,
     the constructor's defaults, and an old state without "wait"."""
     try:
-        from cnnctl.hooks import BestMetric, EarlyStopping, resolve_mode
+        from cnnctl.training.hooks import BestMetric, EarlyStopping, resolve_mode
     except ImportError:
         from cnnctl.callbacks import BestMetric, EarlyStopping, resolve_mode
     best = BestMetric("val_acc")

@@ -1,4 +1,4 @@
-"""cnnctl.checkpoint's public functions on hand-made files: every refusal of ``load_checkpoint`` with its words,
+"""cnnctl.training.checkpoint's public functions on hand-made files: every refusal of ``load_checkpoint`` with its words,
 the ``input`` block's checks, weights that do not fit the network, and what the atomic writes leave on disk.
 
 Fast (no training): each file is written here in the form the failure takes. ``scripts/mutation.sh checkpoint``
@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnctl.checkpoint import (
+from cnnctl.errors import CheckpointError, WriteError
+from cnnctl.training.checkpoint import (
     FORMAT,
     MAX_SIDE,
     atomic_write,
@@ -32,7 +33,6 @@ from cnnctl.checkpoint import (
     write_json,
     write_text,
 )
-from cnnctl.errors import CheckpointError, WriteError
 
 GOOD_INPUT = {"channels": 1, "size": [28, 28], "mean": [0.1307], "std": [0.3081]}
 

@@ -23,7 +23,7 @@ from cnnctl.completion import (
 from cnnctl.config import bundled_configs, bundled_spaces
 from cnnctl.data.registry import DATASETS
 from cnnctl.models.registry import MODELS
-from cnnctl.optim import OPTIMIZERS, SCHEDULERS
+from cnnctl.training.optim import OPTIMIZERS, SCHEDULERS
 
 
 @pytest.fixture

@@ -543,9 +543,9 @@ def mnist_checkpoint(path: Path) -> Path:
     """A cnnctl checkpoint of an untrained lenet5 for MNIST, with what eval reads of one (no training needed)."""
     from torchvision.datasets import MNIST
 
-    from cnnctl.checkpoint import FORMAT, save_checkpoint
     from cnnctl.config import Config
     from cnnctl.models.registry import create_model
+    from cnnctl.training.checkpoint import FORMAT, save_checkpoint
 
     cfg = Config.model_validate({"data": {"dataset": "mnist"}})
     model = create_model(cfg.model, in_channels=1, image_size=(28, 28), num_classes=10)

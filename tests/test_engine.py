@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 import cnnctl
-from cnnctl.engine import EpochState, evaluate, train_one_epoch
 from cnnctl.errors import TrainingError
-from cnnctl.hooks import Hook
+from cnnctl.training.engine import EpochState, evaluate, train_one_epoch
+from cnnctl.training.hooks import Hook
 
 
 def batches_of(n_batches: int = 4, size: int = 5, last: int = 3, seed: int = 0):
@@ -251,7 +251,7 @@ def test_train_loss_is_the_mean_over_the_epochs_images(tmp_path):
     the training split, each image weighted once (the last batch is smaller)."""
     result = cnnctl.train(tiny(val_split=0.25, epochs=1) | {"optimizer": {"name": "sgd", "lr": 1e-12}}, out=tmp_path)
     from cnnctl.data.base import load_data
-    from cnnctl.inference import load_model
+    from cnnctl.inference.evaluate import load_model
 
     _, ckpt, model = load_model(result.run_dir / "last.pt")
     bundle = load_data(result.config.data, result.config.seed)
@@ -303,7 +303,7 @@ def test_optimizer_step_hooks_are_called_with_the_run_each_step(tmp_path):
 def test_step_callbacks_are_only_those_some_hook_listens_to():
     from types import SimpleNamespace
 
-    from cnnctl.engine import Events
+    from cnnctl.training.engine import Events
 
     plain = Events(SimpleNamespace(hooks=[Hook()])).step_callbacks()
     assert plain == {"before_optimizer_step": None, "after_optimizer_step": None, "wants_unscaled": None}

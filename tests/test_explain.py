@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnctl.explain import confident_mistakes, confused_pairs, explain_logits, softmax_steps
+from cnnctl.insight.explain import confident_mistakes, confused_pairs, explain_logits, softmax_steps
 
 
 def test_softmax_steps_match_torch_and_survive_huge_logits():
@@ -70,7 +70,7 @@ class Corner(nn.Module):
 
 def test_attribution_finds_the_evidence_in_its_corner():
     pytest.importorskip("captum")
-    from cnnctl.attribution import attribution_maps, peak
+    from cnnctl.insight.attribution import attribution_maps, peak
 
     x = torch.zeros(1, 1, 16, 16)
     x[:, :, :4, :4] = 1.0
@@ -88,8 +88,8 @@ def test_attribution_finds_the_evidence_in_its_corner():
 @pytest.mark.parametrize("arch", ["lenet5", "resnet20", "custom"])
 def test_attribution_on_zoo_and_custom_networks(arch, tmp_path):
     pytest.importorskip("captum")
-    from cnnctl.attribution import attribution_maps, plot_attribution
     from cnnctl.config import ModelConfig
+    from cnnctl.insight.attribution import attribution_maps, plot_attribution
     from cnnctl.models.registry import create_model
 
     layers = [{"conv": {"out": 4, "kernel": 3, "padding": 1}}, "relu",
@@ -111,8 +111,8 @@ def test_attribution_on_zoo_and_custom_networks(arch, tmp_path):
 
 def test_unknown_layer_is_named_with_a_suggestion():
     pytest.importorskip("captum")
-    from cnnctl.attribution import find_layer
     from cnnctl.errors import UsageError
+    from cnnctl.insight.attribution import find_layer
 
     with pytest.raises(UsageError, match=r"--layer 'convv'.*did you mean 'conv'"):
         find_layer(Corner(), torch.zeros(1, 1, 8, 8), "convv")
@@ -124,9 +124,9 @@ def test_unknown_layer_is_named_with_a_suggestion():
 def _checkpoint(path, *, scale: float = 1.0, classes: int = 10, names: list[str] | None = None) -> dict:
     """A custom flatten + linear network on 8x8 grayscale digits, its weights scaled by ``scale`` (big logits)."""
     from cnnctl import __version__
-    from cnnctl.checkpoint import FORMAT, save_checkpoint
     from cnnctl.config import validate_config
     from cnnctl.models.registry import create_model
+    from cnnctl.training.checkpoint import FORMAT, save_checkpoint
 
     cfg = validate_config({"name": "lin", "data": {"dataset": "digits"},
                            "model": {"arch": "custom", "layers": ["flatten", "linear"]}}, "lin.yaml")
@@ -231,9 +231,9 @@ def test_predict_label_errors(cli, tmp_path):
 ])
 def test_visualize_image_writes_the_three_attribution_maps(cli, tmp_path, model):
     from cnnctl import __version__
-    from cnnctl.checkpoint import FORMAT, save_checkpoint
     from cnnctl.config import validate_config
     from cnnctl.models.registry import create_model
+    from cnnctl.training.checkpoint import FORMAT, save_checkpoint
 
     cfg = validate_config({"name": "m", "data": {"dataset": "fake", "num_classes": 3, "channels": 3, "image_size": 16},
                            "model": model}, "m.yaml")
@@ -259,9 +259,9 @@ def test_eval_plots_mistakes_are_really_misclassified(cli, tmp_path):
 
     from PIL import Image
 
-    from cnnctl.checkpoint import load_checkpoint
     from cnnctl.data.base import load_data, to_model_input
-    from cnnctl.inference import checkpoint_config, model_from_checkpoint, split_images
+    from cnnctl.inference.evaluate import checkpoint_config, model_from_checkpoint, split_images
+    from cnnctl.training.checkpoint import load_checkpoint
 
     ckpt_path = tmp_path / "best.pt"
     _checkpoint(ckpt_path, names=[str(i) for i in range(10)])  # digits' classes; untrained: most images are wrong

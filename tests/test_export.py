@@ -16,13 +16,13 @@ import torch
 from PIL import Image
 
 from cnnctl import __version__
-from cnnctl.checkpoint import FORMAT, save_checkpoint
 from cnnctl.config import Config
 from cnnctl.errors import CnnctlError
-from cnnctl.export import TOLERANCE, ExportError, export, export_metadata, read_metadata
-from cnnctl.inference import model_from_checkpoint
+from cnnctl.inference.evaluate import model_from_checkpoint
+from cnnctl.inference.export import TOLERANCE, ExportError, export, export_metadata, read_metadata
+from cnnctl.inference.predict import onnx_predict
 from cnnctl.models.registry import MODELS, create_model
-from cnnctl.predict import onnx_predict
+from cnnctl.training.checkpoint import FORMAT, save_checkpoint
 from tests.datafiles import write_image_folder
 
 HAS_EXTRA = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
@@ -165,7 +165,7 @@ def test_onnx_file_carries_metadata_and_verifies_on_real_test_images(digits_ckpt
     import onnx
 
     run, ckpt = digits_ckpt
-    caplog.set_level("INFO", logger="cnnctl.export")
+    caplog.set_level("INFO", logger="cnnctl.inference.export")
     result = export(run, format="onnx", opset=18)
 
     assert result["path"] == str(run / "best.onnx")
@@ -201,7 +201,7 @@ def test_torchscript_file_carries_metadata(digits_ckpt):
 @needs_onnx
 @pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic-batch", "static-batch"])
 def test_onnx_predict_matches_checkpoint_predict(digits_ckpt, tmp_path, dynamic):
-    from cnnctl.predict import predict
+    from cnnctl.inference.predict import predict
 
     run, _ = digits_ckpt
     files = write_images(tmp_path / "images")
@@ -244,7 +244,7 @@ def test_cli_predict_on_onnx_file_matches_checkpoint(cli, digits_ckpt, tmp_path)
                                            ("torchscript", "best.torchscript.pt")])
 def test_cli_export_prints_the_path_alone(cli, digits_ckpt, caplog, fmt, name):
     run, _ = digits_ckpt
-    caplog.set_level("INFO", logger="cnnctl.export")  # the CLI logs to stderr; in-process, pytest captures it
+    caplog.set_level("INFO", logger="cnnctl.inference.export")  # the CLI logs to stderr; in-process, pytest captures it
     result = cli("export", run, "--format", fmt)
 
     assert result.exit_code == 0, result.stderr
@@ -281,10 +281,10 @@ def test_missing_extra_names_the_install_command(cli, digits_ckpt, monkeypatch):
 
 
 def test_an_export_that_disagrees_is_refused_with_exit_1(cli, digits_ckpt, monkeypatch, caplog):
-    import cnnctl.export as export_module
+    import cnnctl.inference.export as export_module
 
     run, _ = digits_ckpt
-    caplog.set_level("INFO", logger="cnnctl.export")
+    caplog.set_level("INFO", logger="cnnctl.inference.export")
     real_runner = export_module._torchscript_runner
     monkeypatch.setattr(export_module, "_torchscript_runner", lambda data: lambda x: real_runner(data)(x) + 1e-3)
 
@@ -299,7 +299,7 @@ def test_an_export_that_disagrees_is_refused_with_exit_1(cli, digits_ckpt, monke
 
 @needs_onnx
 def test_onnx_falls_back_to_the_torchscript_exporter(digits_ckpt, monkeypatch):
-    import cnnctl.export as export_module
+    import cnnctl.inference.export as export_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("unsupported operator aten::something")
@@ -329,7 +329,7 @@ def test_a_dataset_that_is_not_here_narrows_the_check_to_random_inputs(tmp_path,
     ckpt = make_checkpoint(tmp_path / "best.pt", "lenet5", channels=1, side=28, classes=10, dataset="mnist")
     ckpt_cfg = ckpt["config"]
     assert ckpt_cfg["data"]["download"] is True  # export must not download it anyway
-    caplog.set_level("INFO", logger="cnnctl.export")
+    caplog.set_level("INFO", logger="cnnctl.inference.export")
 
     result = export(tmp_path / "best.pt", format="torchscript")
 

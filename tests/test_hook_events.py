@@ -1,4 +1,4 @@
-"""Each hook of cnnctl.hooks at its events, on a stand-in run: what it saves and when, what it prints, what it
+"""Each hook of cnnctl.training.hooks at its events, on a stand-in run: what it saves and when, what it prints, what it
 writes to metrics.csv and TensorBoard, its messages word for word (mutation survivors of ``hooks``). The hooks
 inside real training runs are tested in test_recording.py, test_tensorboard.py and test_train.py."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 from types import SimpleNamespace
@@ -13,9 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cnnctl import hooks
+from cnnctl import interrupts
 from cnnctl.errors import ConfigError, UsageError
-from cnnctl.hooks import (
+from cnnctl.training import hooks
+from cnnctl.training.hooks import (
     ActivationStatsHook,
     EarlyStopping,
     EpochCheckpoint,
@@ -279,7 +281,7 @@ def test_epoch_checkpoints(epoch, best_epoch, stop_reason, expected):
 def test_an_interruption_finishes_the_step_saves_and_restores_the_handlers(monkeypatch, caplog):
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     exits = []
-    monkeypatch.setattr(hooks.os, "_exit", lambda code: exits.append(code))  # recorded; the test goes on
+    monkeypatch.setattr(interrupts, "_on_second_signal", lambda signum: exits.append(128 + signum))  # the CLI's
     hook, run = Interruption(), fake_run(step=7, last_saved_step=5)
     hook.on_train_start(run)
     assert signal.getsignal(signal.SIGINT) == hook._handle and signal.getsignal(signal.SIGTERM) == hook._handle
@@ -331,13 +333,35 @@ def test_off_the_main_thread_the_signals_stay_as_they_are():
 
 
 def test_a_signal_with_no_run_leaves_at_once(monkeypatch):
-    def leave(code):
-        raise SystemExit(code)
+    def leave(signum):
+        raise SystemExit(128 + signum)
 
-    monkeypatch.setattr(hooks.os, "_exit", leave)
+    monkeypatch.setattr(interrupts, "_on_second_signal", leave)
     with pytest.raises(SystemExit) as info:
         Interruption()._handle(signal.SIGTERM, None)
     assert info.value.code == 128 + signal.SIGTERM
+
+
+def test_through_the_api_a_second_signal_raises_and_never_exits_the_process(monkeypatch):
+    """No os._exit in library code: a second Ctrl-C in a notebook raises KeyboardInterrupt, the kernel lives."""
+    monkeypatch.setattr(os, "_exit", lambda code: pytest.fail(f"os._exit({code}) from library code"))
+    hook, run = Interruption(), fake_run(step=7, last_saved_step=5)
+    hook._run = run
+    hook._handle(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):
+        hook._handle(signal.SIGINT, None)
+
+
+def test_the_cli_entry_point_exits_at_once_on_a_second_signal(monkeypatch):
+    import cnnctl.cli as cli_module
+
+    monkeypatch.setattr(interrupts, "_on_second_signal", interrupts._on_second_signal)  # restored after the test
+    monkeypatch.setattr(cli_module, "with_completion", lambda command: lambda: None)
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    cli_module.main()
+    interrupts.second_signal(signal.SIGTERM)
+    assert exits == [128 + signal.SIGTERM]
 
 
 # ---------------------------------------------------------------- TensorBoard
@@ -493,7 +517,7 @@ def test_tensorboard_at_the_end_of_the_run(tmp_path, monkeypatch, test, png, dra
 
 
 def test_the_recorders_add_their_scalars_to_tensorboard_at_the_epoch(tmp_path, monkeypatch):
-    from cnnctl import recorders
+    from cnnctl.training import recorders
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from cnnctl.errors import UsageError
-from cnnctl.hooks import BestMetric, EarlyStopping, Hook, resolve_mode, steps_hooks
+from cnnctl.training.hooks import BestMetric, EarlyStopping, Hook, resolve_mode, steps_hooks
 
 # (monitor, mode, patience, min_delta, values, expected stop epoch or None)
 CASES = [

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnctl.checkpoint import load_checkpoint, save_checkpoint
-from cnnctl.runs import STATUS_FILE
+from cnnctl.insight.runs import STATUS_FILE
+from cnnctl.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import ROOT, explode_loss_from, run_cnnctl, write_config
 from tests.datafiles import write_image_folder
 
@@ -94,13 +94,13 @@ def test_train_out_on_a_read_only_location(world, cli):
 
 
 def test_a_run_that_fails_before_writing_leaves_no_run_folder(tmp_path, world, cli, monkeypatch):
-    import cnnctl.run
+    import cnnctl.training.run
     from cnnctl.errors import WriteError
 
     def full_disk(path, text):
         raise WriteError(str(path), "No space left on device")
 
-    monkeypatch.setattr(cnnctl.run, "write_text", full_disk)  # config.yaml, the first file a run writes
+    monkeypatch.setattr(cnnctl.training.run, "write_text", full_disk)  # config.yaml, the first file a run writes
     result = cli("train", world / "pets.yaml", "--out", tmp_path / "runs")
     assert result.exit_code == 1
     assert error_line(result) == f"error: could not write {tmp_path / 'runs' / 'pets' / 'config.yaml'}: No space " \

@@ -1,4 +1,4 @@
-"""cnnctl.inference through ``cnnctl eval`` and its public functions, on hand-made checkpoints (no training): the
+"""cnnctl.inference.evaluate through ``cnnctl eval`` and its public functions, on hand-made checkpoints (no training): the
 report's text, the mistakes and confused pairs against numbers computed here, the refusals, sampling images of a
 checkpoint's dataset. ``scripts/mutation.sh inference`` runs this file.
 """
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cnnctl.errors import CnnctlError, DataError, UsageError
-from cnnctl.inference import (
+from cnnctl.inference.evaluate import (
     MISTAKES,
     check_classes,
     evaluate_checkpoints,
@@ -242,7 +242,7 @@ def test_eval_json_of_one_checkpoint_is_the_result(cli, members):
 def test_a_checkpoint_whose_config_no_longer_validates_is_named(tmp_path, members):
     ckpt = torch.load(members[0][0], weights_only=True)
     ckpt["config"]["optimizer"]["name"] = "adamx"
-    from cnnctl.checkpoint import save_checkpoint
+    from cnnctl.training.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "edited.pt", ckpt)
     with pytest.raises(CnnctlError) as info:
@@ -389,7 +389,7 @@ def test_a_missing_test_split_suggests_val(tmp_path):
 def test_eval_plots_are_drawn_with_the_mistakes_images(members, tmp_path, monkeypatch):
     from pathlib import Path
 
-    import cnnctl.plots as plots
+    import cnnctl.insight.plots as plots
 
     seen = {}
     real = plots.eval_plots
@@ -408,7 +408,7 @@ def test_eval_plots_are_drawn_with_the_mistakes_images(members, tmp_path, monkey
 
 
 def test_weights_that_do_not_fit_name_the_checkpoint(members, tmp_path):
-    from cnnctl.checkpoint import save_checkpoint
+    from cnnctl.training.checkpoint import save_checkpoint
 
     ckpt = torch.load(members[0][0], weights_only=True)
     ckpt["model"] = {k: v[:, :10] if v.ndim == 2 else v for k, v in ckpt["model"].items()}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnctl.checkpoint import load_checkpoint
-from cnnctl.losses import SoftmaxMSELoss, create_loss, loss_sum, smoothed_one_hot
+from cnnctl.training.checkpoint import load_checkpoint
+from cnnctl.training.losses import SoftmaxMSELoss, create_loss, loss_sum, smoothed_one_hot
 from tests.conftest import write_config
 from tests.test_resume import max_difference, metrics_without_time
 

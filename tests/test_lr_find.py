@@ -10,7 +10,7 @@ import pytest
 
 from cnnctl.config import load_config
 from cnnctl.errors import UsageError
-from cnnctl.lr_find import format_result, lr_find, lr_find_command, suggest
+from cnnctl.training.lr_find import format_result, lr_find, lr_find_command, suggest
 
 
 def tree(root: Path) -> set[str]:
@@ -112,7 +112,7 @@ def test_out_of_range_flags_are_refused_naming_the_flag(cli, tmp_path, args, mes
 
 
 def test_the_bounds_themselves_are_accepted():
-    from cnnctl.lr_find import LR_LIMITS, MAX_STEPS, _check
+    from cnnctl.training.lr_find import LR_LIMITS, MAX_STEPS, _check
 
     _check(LR_LIMITS[0], LR_LIMITS[1], MAX_STEPS, 4.0)
     _check(LR_LIMITS[0], LR_LIMITS[1], 20, 4.0)

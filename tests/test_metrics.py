@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_cm
 from sklearn.metrics import precision_recall_fscore_support, top_k_accuracy_score
 
-from cnnctl.metrics import EvalAccumulator, confusion_matrix
+from cnnctl.training.metrics import EvalAccumulator, confusion_matrix
 
 
 def test_against_sklearn():
@@ -58,7 +58,7 @@ def test_the_result_is_json_with_integer_counts():
 
 
 def test_a_class_predicted_or_present_once_counts_in_full():
-    from cnnctl.metrics import per_class_report
+    from cnnctl.training.metrics import per_class_report
 
     # class 0: present once, predicted once, right; class 1: present once, predicted once, wrong; class 2: twice each
     cm = confusion_matrix(torch.tensor([0, 2, 2, 1]), torch.tensor([0, 1, 2, 2]), 3)

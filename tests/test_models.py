@@ -126,7 +126,7 @@ def test_resnet1202_has_he_et_al_parameter_count():
 
 @pytest.mark.heavy
 def test_resnet1202_builds_and_summarises_on_cifar_images():
-    from cnnctl.models.summary import summarize
+    from cnnctl.insight.summary import summarize
 
     model = build("resnet1202")
     s = summarize(model, (3, 32, 32))

@@ -11,7 +11,7 @@ import torch
 
 from cnnctl.config import OptimizerConfig, SchedulerConfig
 from cnnctl.errors import CheckpointError, CnnctlError, ConfigError, UsageError
-from cnnctl.optim import OPTIMIZERS, SCHEDULERS, Schedule, create_optimizer, create_scheduler, param_groups
+from cnnctl.training.optim import OPTIMIZERS, SCHEDULERS, Schedule, create_optimizer, create_scheduler, param_groups
 
 S = torch.optim.lr_scheduler
 SPE = 5  # optimizer steps per epoch
@@ -399,7 +399,7 @@ def test_unknown_names_list_the_known_ones():
 
 
 def test_import_does_not_import_torch():
-    code = "import sys, cnnctl.optim, cnnctl.config; print('torch' in sys.modules)"
+    code = "import sys, cnnctl.training.optim, cnnctl.config; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 

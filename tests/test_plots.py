@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnctl.plots import DPI, FIGSIZE
+from cnnctl.insight.plots import DPI, FIGSIZE
 from tests.conftest import write_config
 
 CONFIG = """\

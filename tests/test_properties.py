@@ -18,7 +18,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from cnnctl.config import ModelConfig, apply_overrides, parse_override
 from cnnctl.data.base import stratified_indices
 from cnnctl.errors import CnnctlError
-from cnnctl.metrics import EvalAccumulator, confusion_matrix
+from cnnctl.training.metrics import EvalAccumulator, confusion_matrix
 
 FEW = settings(max_examples=40, derandomize=True, deadline=None)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnctl.recorders import (
+from cnnctl.training.recorders import (
     GradientRecorder,
     activation_stats,
     gradient_summary,

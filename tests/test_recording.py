@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnctl.checkpoint import load_checkpoint
+from cnnctl.training.checkpoint import load_checkpoint
 from tests.conftest import write_config
 
 TINY = """\
@@ -89,7 +89,7 @@ def test_resume_mid_epoch_keeps_the_recorder_state(reference, tmp_path, monkeypa
     """A crash right after the mid-epoch save at step 7 of epoch 2: the resumed run's gradients.csv is the
     uninterrupted one's, byte for byte (the epoch's partial sums come back from the checkpoint)."""
     cfg, ref = reference
-    import cnnctl.run as run_module
+    import cnnctl.training.run as run_module
 
     crash_at = steps_per_epoch(cfg) + 7
     original = run_module.save_checkpoint
@@ -112,8 +112,8 @@ def test_resume_mid_epoch_keeps_the_recorder_state(reference, tmp_path, monkeypa
 
 
 def test_optimizer_step_events_see_gradients_then_the_update(tmp_path):
-    from cnnctl.hooks import Hook
-    from cnnctl.run import train
+    from cnnctl.training.hooks import Hook
+    from cnnctl.training.run import train
 
     class Probe(Hook):
         def __init__(self):
@@ -136,7 +136,7 @@ def test_optimizer_step_events_see_gradients_then_the_update(tmp_path):
 
 
 def test_only_listening_hooks_are_called_per_optimizer_step():
-    from cnnctl.hooks import GradientRecorderHook, Hook, MetricsCSV, optimizer_step_hooks
+    from cnnctl.training.hooks import GradientRecorderHook, Hook, MetricsCSV, optimizer_step_hooks
 
     recorder = GradientRecorderHook(Path("."), torch.nn.Linear(2, 2), 5)
     before, after = optimizer_step_hooks([Hook(), MetricsCSV(Path(".")), recorder])
@@ -163,7 +163,7 @@ def test_tensorboard_gets_the_recorder_scalars(tmp_path, cli):
 
 
 def test_visualize_names_dead_units_from_the_run_statistics(reference, tmp_path, caplog):
-    from cnnctl.visualize import dead_channels, visualize
+    from cnnctl.insight.visualize import dead_channels, visualize
 
     _, run = reference
     layers = json.loads((run / "summary.json").read_text())["activations"]["layers"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnctl.checkpoint import load_checkpoint, save_checkpoint
+from cnnctl.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import ROOT, explode_loss_from, run_cnnctl, write_config
 
 # Dropout, augmentation and mid-epoch saves: every source of randomness and every kind of resume point.
@@ -100,7 +100,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(reference, tmp_path)
 def test_in_process_crash_mid_epoch_resumes_exactly(reference, tmp_path, monkeypatch, cli):
     """A crash right after a mid-epoch save (step 7 of epoch 2) and one after an epoch-end save."""
     cfg, ref_dir = reference
-    import cnnctl.run as run_module
+    import cnnctl.training.run as run_module
 
     for crash_at in (len_of_epoch(cfg) + 7, 2 * len_of_epoch(cfg)):
         out = tmp_path / f"runs{crash_at}"
@@ -198,7 +198,7 @@ train: {epochs: 3, checkpoint: {save_every_steps: 5}}
 
 def test_failed_save_reports_the_file_and_keeps_the_previous(tmp_path, cli, monkeypatch):
     cfg = write_config(tmp_path / "disk.yaml", "data: {dataset: digits}\ntrain: {epochs: 3}\n")
-    import cnnctl.checkpoint as checkpoint
+    import cnnctl.training.checkpoint as checkpoint
 
     real_fsync = os.fsync
     run_dir = tmp_path / "runs" / "disk"

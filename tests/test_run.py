@@ -86,9 +86,9 @@ def _process_state() -> dict:
 def test_train_evaluate_predict_leave_the_process_as_they_found_it(tmp_path):
     from PIL import Image
 
-    from cnnctl.inference import evaluate_checkpoints
-    from cnnctl.predict import predict
-    from cnnctl.run import train
+    from cnnctl.inference.evaluate import evaluate_checkpoints
+    from cnnctl.inference.predict import predict
+    from cnnctl.training.run import train
 
     threads = torch.get_num_threads()
     cfg = write_config(tmp_path / "tiny.yaml", TINY.replace("threads: 1", f"threads: {threads + 1}"))
@@ -106,7 +106,7 @@ def test_train_evaluate_predict_leave_the_process_as_they_found_it(tmp_path):
 
 
 def test_patience_running_out_at_the_last_epoch_is_not_an_early_stop(cli, tmp_path, monkeypatch):
-    import cnnctl.plots as plots
+    import cnnctl.insight.plots as plots
 
     marked = []
     real_plot_curves = plots.plot_curves
@@ -160,7 +160,7 @@ def test_choice_options_are_refused_by_typer_with_the_valid_ones(cli, args, opti
 
 
 def test_a_failed_write_is_a_write_error_naming_the_file(tmp_path):
-    from cnnctl.checkpoint import write_text
+    from cnnctl.training.checkpoint import write_text
 
     with pytest.raises(WriteError, match="missing/x.txt") as info:
         write_text(tmp_path / "missing" / "x.txt", "text")
@@ -182,7 +182,7 @@ def test_an_out_too_long_for_the_file_system_is_a_failed_write(cli, tmp_path, wh
 
 
 def test_predict_names_the_unreadable_files_after_the_results(cli, tmp_path):
-    from cnnctl.predict import check_results
+    from cnnctl.inference.predict import check_results
 
     results = [{"file": f"f{i}.png", "error": "no such file"} for i in range(5)] + [{"file": "ok.png", "topk": []}]
     with pytest.raises(Exception, match=r"5 of 6 files could not be read: f0.png, f1.png, f2.png and 2 more") as info:

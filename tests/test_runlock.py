@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from cnnctl.errors import CnnctlError, UsageError
-from cnnctl.runlock import LOCK_NAME, RunLock, holder
+from cnnctl.training.runlock import LOCK_NAME, RunLock, holder
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the holder is killed with SIGKILL; POSIX only")
 
 # Takes the lock, says so, and holds it until its stdin closes (or it is killed).
 HOLD = """
 import sys
-from cnnctl.runlock import RunLock
+from cnnctl.training.runlock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 sys.stdin.read()

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnctl.cli import app
-from cnnctl.runs import MAX_RUN_FILE_BYTES, STATUS_FILE, list_runs
+from cnnctl.insight.runs import MAX_RUN_FILE_BYTES, STATUS_FILE, list_runs
 from tests.conftest import run_cnnctl, write_config
 from tests.test_runlock import _holder_process
 
@@ -143,7 +143,7 @@ def test_empty_folder_lists_nothing(tmp_path):
 
 
 def test_listing_does_not_import_torch(runs_dir):
-    code = ("import sys\nfrom cnnctl.runs import list_runs\n"
+    code = ("import sys\nfrom cnnctl.insight.runs import list_runs\n"
             f"assert len(list_runs({str(runs_dir)!r})) == 4\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from cnnctl.checkpoint import FORMAT, save_checkpoint
 from cnnctl.config import load_config
 from cnnctl.insight.step import LOSSES, UPDATES, run_step
-from cnnctl.optim import OPTIMIZERS
 from cnnctl.runtime import rng_state, set_rng_state
+from cnnctl.training.checkpoint import FORMAT, save_checkpoint
+from cnnctl.training.optim import OPTIMIZERS
 
 TOL = 1e-6
 TINY_CONV = "model.layers=[{conv: {out: 1, kernel: 2, padding: 1}}, sigmoid, flatten, linear]"
@@ -218,8 +218,8 @@ def test_gradient_clipping_is_applied_before_the_update(cli):
 
 
 def test_a_checkpoints_step_continues_its_optimizer_state(cli, tmp_path):
-    from cnnctl.distributed import DistContext
-    from cnnctl.run import assemble
+    from cnnctl.training.distributed import DistContext
+    from cnnctl.training.run import assemble
 
     saved = rng_state()
     config, _ = load_config("backprop-tiny", ["optimizer.momentum=0.9"])

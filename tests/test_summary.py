@@ -13,8 +13,8 @@ from torch import nn
 
 from cnnctl.config import ModelConfig
 from cnnctl.errors import ShapeError
+from cnnctl.insight.summary import check_input, depth, explain, format_explain, format_summary, summarize
 from cnnctl.models.registry import MODELS, create_model
-from cnnctl.models.summary import check_input, depth, explain, format_explain, format_summary, summarize
 
 
 def build(arch: str, channels: int = 3, side: int | tuple[int, int] = 32, classes: int = 10, **options) -> nn.Module:

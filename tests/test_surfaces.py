@@ -22,7 +22,7 @@ from cnnctl.insight.surfaces import (
     optimizer_config,
     summarize,
 )
-from cnnctl.optim import OPTIMIZERS
+from cnnctl.training.optim import OPTIMIZERS
 
 
 def tree(root):

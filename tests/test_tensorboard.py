@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import cnnctl
-from cnnctl.hooks import final_metrics, hparam_values
+from cnnctl.training.hooks import final_metrics, hparam_values
 
 pytest.importorskip("tensorboard")
 

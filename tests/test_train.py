@@ -63,10 +63,10 @@ def test_second_run_gets_a_new_directory(cli, tmp_path):
 
 
 def test_eval_json_agrees_with_independent_computation(cli, trained):
-    from cnnctl.checkpoint import load_checkpoint
     from cnnctl.config import Config
     from cnnctl.data.base import load_data, to_model_input
-    from cnnctl.inference import model_from_checkpoint
+    from cnnctl.inference.evaluate import model_from_checkpoint
+    from cnnctl.training.checkpoint import load_checkpoint
 
     result = cli("eval", trained / "best.pt", "--json")
     assert result.exit_code == 0, result.output
@@ -97,10 +97,10 @@ def test_eval_text_and_ensemble(cli, trained, tmp_path):
 
 
 def test_predict_matches_eval_for_the_same_image(cli, trained, tmp_path):
-    from cnnctl.checkpoint import load_checkpoint
     from cnnctl.config import Config
     from cnnctl.data.base import load_data, to_model_input
-    from cnnctl.inference import model_from_checkpoint
+    from cnnctl.inference.evaluate import model_from_checkpoint
+    from cnnctl.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(trained / "best.pt")
     cfg = Config.model_validate(ckpt["config"])

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnnctl.attribution import named_layer
-from cnnctl.plots import DPI
-from cnnctl.visualize import (
+from cnnctl.insight.attribution import named_layer
+from cnnctl.insight.plots import DPI
+from cnnctl.insight.visualize import (
     FIGSIZE,
     MAX_TILES,
     capture_stages,
@@ -36,9 +36,9 @@ from cnnctl.visualize import (
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A run directory whose best.pt holds a seeded LeNet-5 for digits, written as ``cnnctl train`` writes it."""
-    from cnnctl.checkpoint import FORMAT, save_checkpoint
     from cnnctl.config import validate_config
     from cnnctl.models.registry import create_model
+    from cnnctl.training.checkpoint import FORMAT, save_checkpoint
 
     run = tmp_path_factory.mktemp("vis") / "tiny"
     run.mkdir()
@@ -64,8 +64,8 @@ def assert_png(path: Path, kind: str) -> None:
 
 
 def loaded(run_dir: Path) -> tuple[dict, nn.Module]:
-    from cnnctl.checkpoint import load_checkpoint
-    from cnnctl.inference import model_from_checkpoint
+    from cnnctl.inference.evaluate import model_from_checkpoint
+    from cnnctl.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run_dir / "best.pt")
     return ckpt, model_from_checkpoint(ckpt, "best.pt", torch.device("cpu"))
@@ -73,7 +73,7 @@ def loaded(run_dir: Path) -> tuple[dict, nn.Module]:
 
 def model_input(ckpt: dict) -> tuple[torch.Tensor, torch.Tensor]:
     from cnnctl.data.base import to_model_input
-    from cnnctl.visualize import input_image
+    from cnnctl.insight.visualize import input_image
 
     picture, _, _ = input_image(ckpt, "best.pt", None)
     spec = ckpt["input"]
@@ -105,7 +105,7 @@ def test_default_run_writes_every_png_at_its_size(cli, run_dir):
     kinds = ["filters"] + ["featuremaps"] * len(stage_files) + ["overview", "prediction"]
     for path, kind in zip(paths, kinds, strict=False):
         assert_png(path, kind)
-    from cnnctl.attribution import FIGSIZE as ATTRIBUTION
+    from cnnctl.insight.attribution import FIGSIZE as ATTRIBUTION
 
     for path in paths[-3:]:
         with Image.open(path) as im:
@@ -160,9 +160,9 @@ def test_output_that_is_a_file_exits_2(cli, run_dir, tmp_path):
 
 def rewritten_checkpoint(run_dir: Path, path: Path, **config_changes: dict) -> Path:
     """best.pt with parts of its config replaced; a changed model section gets a fresh model of that config."""
-    from cnnctl.checkpoint import load_checkpoint, save_checkpoint
     from cnnctl.config import validate_config
     from cnnctl.models.registry import create_model
+    from cnnctl.training.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(run_dir / "best.pt")
     for section, value in config_changes.items():

@@ -249,7 +249,7 @@ def read_cache(path: Path, key: str, shape: tuple[int, int, int]) -> tuple[torch
 def write_cache(path: Path, key: str, entries: list[list[Any]], images: torch.Tensor) -> None:
     """Write the cache atomically; a folder that cannot be written (read-only, a full disk) is a warning: the run
     trains from memory without it."""
-    from cnnctl.checkpoint import atomic_write
+    from cnnctl.training.checkpoint import atomic_write
 
     payload = {"format": CACHE_FORMAT, "key": key, "files": [name for name, _, _ in entries], "images": images,
                "digest": _pixels_digest(images)}

@@ -10,7 +10,7 @@ The *update* then moves the weight by the configured optimizer's rule.
 
 Every number is worked twice: by hand here, in float64, from the layer inputs and output gradients that hooks
 capture; and by PyTorch: autograd's ``param.grad``, and a real ``optimizer.step()`` on a deep copy of the model
-and of the optimizer that ``cnnctl.optim`` builds from the config. The two are shown side by side with their
+and of the optimizer that ``cnnctl.training.optim`` builds from the config. The two are shown side by side with their
 difference, so what is printed is what training does.
 
 The loss's gradient at the logits is one function per loss name (``LOSSES``), and the update one function per
@@ -36,8 +36,8 @@ from torch import nn
 
 from cnnctl.config import Config
 from cnnctl.errors import CheckpointError, DataError, UsageError, first_line
-from cnnctl.losses import create_loss
 from cnnctl.registry import Registry, did_you_mean
+from cnnctl.training.losses import create_loss
 
 FEW = 6  # values shown of each tensor
 TINY = 64  # parameters: a network this small has every number shown
@@ -126,9 +126,9 @@ def _from_config(spec: str, overrides: Sequence[str]) -> Setup:
     sample of the config's dataset, as training loads it."""
     from cnnctl.config import load_config
     from cnnctl.data.base import labels_of
-    from cnnctl.distributed import DistContext
-    from cnnctl.inference import split_images
-    from cnnctl.run import assemble
+    from cnnctl.inference.evaluate import split_images
+    from cnnctl.training.distributed import DistContext
+    from cnnctl.training.run import assemble
 
     config, path = load_config(spec, list(overrides))
     parts = assemble(config, dist=DistContext(), device="cpu")
@@ -146,9 +146,9 @@ def _from_config(spec: str, overrides: Sequence[str]) -> Setup:
 def _from_checkpoint(spec: str, overrides: Sequence[str], *, need_sample: bool) -> Setup:
     """The checkpoint's network and, unless ``--set`` changed optimizer.*, its optimizer state: the step training
     would take next. A run directory means its last.pt."""
-    from cnnctl.checkpoint import load_checkpoint, run_checkpoint
-    from cnnctl.inference import checkpoint_config, model_from_checkpoint, sample_images
-    from cnnctl.optim import create_optimizer
+    from cnnctl.inference.evaluate import checkpoint_config, model_from_checkpoint, sample_images
+    from cnnctl.training.checkpoint import load_checkpoint, run_checkpoint
+    from cnnctl.training.optim import create_optimizer
 
     path = run_checkpoint(spec, "last.pt")
     ckpt = load_checkpoint(path)
@@ -821,7 +821,7 @@ def run_step(source: str, *, image: str | None = None, label: str | None = None,
 
 def _step(setup: Setup, param: str | None, steps: int) -> dict[str, Any]:
     from cnnctl.data.base import to_model_input
-    from cnnctl.predict import preprocessing
+    from cnnctl.inference.predict import preprocessing
 
     config, model = setup.config, setup.model.train()  # a training step: dropout and batch statistics on
     rule = loss_rule(config)
@@ -867,7 +867,7 @@ def _step(setup: Setup, param: str | None, steps: int) -> dict[str, Any]:
 def _output(rule: LossRule, config: Config, logits: torch.Tensor, label: int, loss: float, autograd: torch.Tensor,
             classes: list[str]) -> dict[str, Any]:
     """Logits, softmax, target, loss and dL/dz, each by hand (float64) next to torch's."""
-    from cnnctl.explain import softmax_steps
+    from cnnctl.insight.explain import softmax_steps
 
     z = logits.detach().double()[0]
     y = rule.target(label, len(classes), config)

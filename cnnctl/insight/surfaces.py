@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.errors import UsageError, WriteError
-from cnnctl.optim import OPTIMIZERS
 from cnnctl.registry import Registry
+from cnnctl.training.optim import OPTIMIZERS
 
 if TYPE_CHECKING:
     from cnnctl.config import OptimizerConfig
@@ -279,7 +279,7 @@ def _point(start: tuple[float, float]) -> Any:
 def descend(surface: Surface, cfg: OptimizerConfig, steps: int) -> Descent:
     """``steps`` updates by ``create_optimizer(point, cfg)``, training's own builder, from the surface's start;
     stops early once the loss is not finite or the point is past ``BOUND``."""
-    from cnnctl.optim import create_optimizer
+    from cnnctl.training.optim import create_optimizer
 
     point = _point(surface.start)
     optimizer = create_optimizer(point, cfg)
@@ -378,7 +378,7 @@ def _contours(ax: Any, surface: Surface) -> None:
 def _axes(nrows: int, ncols: int) -> tuple[Any, Any]:
     """A figure of ``nrows x ncols`` panels, each an axes for the surface and one beside it for the legend (a
     legend of its own, so that no path runs under it and the layout leaves room for it)."""
-    from cnnctl.plots import subplots
+    from cnnctl.insight.plots import subplots
 
     fig, axes = subplots(nrows, 2 * ncols, figsize=(PANEL[0] * ncols, PANEL[1] * nrows), squeeze=False,
                          gridspec_kw={"width_ratios": [3, 1] * ncols})
@@ -416,7 +416,7 @@ def _panel(ax: Any, legend_ax: Any, surface: Surface, descents: list[Descent], s
 
 def plot_paths(runs: list[tuple[Surface, list[Descent]]], steps: int, path: Path) -> Path:
     """One PNG, a panel per surface, two panels a row."""
-    from cnnctl.plots import save_figure
+    from cnnctl.insight.plots import save_figure
 
     ncols = min(2, len(runs))
     fig, panels = _axes(math.ceil(len(runs) / ncols), ncols)
@@ -435,7 +435,7 @@ def animate_paths(surface: Surface, descents: list[Descent], steps: int, path: P
     frame prints its step, so no two are alike and Pillow merges none."""
     from PIL import Image
 
-    from cnnctl.checkpoint import atomic_write
+    from cnnctl.training.checkpoint import atomic_write
 
     fig, [(ax, legend_ax)] = _axes(1, 1)
     fig.set_dpi(GIF_DPI)

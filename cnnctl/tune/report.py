@@ -19,7 +19,7 @@ HISTORY_FIGSIZE = (8.0, 5.0)
 
 
 def update_summary(run_dir: Path, extra: dict[str, Any]) -> None:
-    from cnnctl.checkpoint import write_json
+    from cnnctl.training.checkpoint import write_json
 
     path = run_dir / "summary.json"
     if path.is_file():
@@ -27,7 +27,7 @@ def update_summary(run_dir: Path, extra: dict[str, Any]) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    from cnnctl.checkpoint import write_text as write  # checkpoint imports torch: not before a study needs it
+    from cnnctl.training.checkpoint import write_text as write  # checkpoint imports torch: not before a study needs it
 
     write(path, text)
 
@@ -157,7 +157,7 @@ def param_importances(study: Any, params: list[Param]) -> dict[str, Any]:
 
 def plot_history(rows: list[dict[str, Any]], path: Path, *, metric: str, direction: str, title: str) -> Path:
     """Each trial's value by trial number (completed and pruned) and the best-so-far line of completed trials."""
-    from cnnctl.plots import integer_epochs, save_figure, subplots
+    from cnnctl.insight.plots import integer_epochs, save_figure, subplots
 
     fig, ax = subplots(figsize=HISTORY_FIGSIZE)
     done = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
@@ -191,7 +191,7 @@ def plot_history(rows: list[dict[str, Any]], path: Path, *, metric: str, directi
 
 def ensemble(members: list[dict[str, Any]], study_dir: Path, metric: str, device: str) -> dict[str, Any] | None:
     """The test-split ensemble (mean of softmax) of the given trials' best.pt beside each member; ensemble.json."""
-    from cnnctl.inference import evaluate_checkpoints
+    from cnnctl.inference.evaluate import evaluate_checkpoints
 
     usable = [m for m in members if m["run_dir"] and (Path(m["run_dir"]) / "best.pt").is_file()]
     if len(usable) < len(members):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import re
 import shlex
 import signal
@@ -21,8 +20,9 @@ from typing import Any
 
 from cnnctl.config import Config, check_run_name, load_config, short_repr
 from cnnctl.errors import CnnctlError, Interrupted, TrainingError, UsageError, WriteError, first_line
-from cnnctl.hooks import Hook
+from cnnctl.interrupts import second_signal
 from cnnctl.registry import did_you_mean
+from cnnctl.training.hooks import Hook
 from cnnctl.tune.report import format_value, report, trial_rows, update_summary, write_text
 from cnnctl.tune.space import (
     Param,
@@ -48,14 +48,14 @@ STUDY_NAME_MAX = 80
 def _train_trial(cfg: Config, pruning: _Pruning) -> dict[str, Any]:
     """The one call into the training engine: train ``cfg`` (its run name and out folder set) with the pruning
     hook and return the run's summary."""
-    from cnnctl.run import train
+    from cnnctl.training.run import train
 
     return train(cfg, hooks=[pruning])
 
 
 def _new_study_dir(out: Path, name: str) -> Path:
     """``OUT/NAME``, or ``NAME-2``... when it exists: an in-memory study starts afresh."""
-    from cnnctl.run import new_run_dir
+    from cnnctl.training.run import new_run_dir
 
     return new_run_dir(out, name)
 
@@ -89,7 +89,8 @@ class _StopSignal:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:  # second signal: leave now
-            os._exit(128 + signum)
+            second_signal(signum)
+            return
         self.signum = signum
         log.warning("%s received: stopping the search and saving the study (press Ctrl-C again to quit at once)",
                     signal.Signals(signum).name)

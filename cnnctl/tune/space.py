@@ -536,8 +536,8 @@ def check_networks(path: Path, base: dict[str, Any], source: str, params: list[P
     or its input) and run one zero image through it on the CPU, so an architecture that cannot take the input is
     refused before any trial trains. Ranges of numbers count by their ends; float keys change no shape."""
     from cnnctl.data.spec import input_spec
+    from cnnctl.insight.summary import check_input
     from cnnctl.models.registry import create_model
-    from cnnctl.models.summary import check_input
 
     shaping = [p for p in params if _shapes(p.key) and p.kind in ("choice", "int")]
     grids = [p.probes() for p in shaping]

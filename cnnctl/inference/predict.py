@@ -77,11 +77,11 @@ def predict(inputs: list[str], checkpoint: str | Path | None = None, *, topk: in
     preprocessing in its metadata), or None for best.pt of the newest run under ``runs/``.
     ``explain``: each entry also gets ``explain``: the preprocessing, the logits, the safe softmax step by step and,
     when the true class is known (``label`` for every image, or each image's folder name with
-    ``labels_from_folders``), the image's cross-entropy loss (``cnnctl.explain``).
+    ``labels_from_folders``), the image's cross-entropy loss (``cnnctl.insight.explain``).
     ``check_results(results)`` turns unreadable files into a DataError once the results are shown.
     """
     from cnnctl.data.base import to_model_input
-    from cnnctl.inference import load_model, newest_best
+    from cnnctl.inference.evaluate import load_model, newest_best
 
     if topk < 1:
         raise UsageError(f"--topk must be at least 1, not {topk}")
@@ -112,8 +112,8 @@ def onnx_predict(model_path: str | Path, inputs: list[str], topk: int = 5, *, ba
     Images are read and normalized as for a checkpoint (``load_image``, ``to_model_input``), with the classes and
     preprocessing stored in the file's metadata.
     """
-    from cnnctl import onnxrt
     from cnnctl.data.base import to_model_input
+    from cnnctl.inference import onnxrt
 
     if topk < 1:
         raise UsageError(f"--topk must be at least 1, not {topk}")
@@ -170,7 +170,7 @@ def predict_files(inputs: list[str], classes: list[str], *, spec: dict[str, Any]
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from cnnctl.explain import explain_logits
+    from cnnctl.insight.explain import explain_logits
 
     k = min(topk, len(classes))
     fixed = _label_index(label, classes) if label is not None else None
@@ -236,7 +236,7 @@ def format_predictions(results: list[dict[str, Any]]) -> str:
         best = ", ".join(f"{t['class']} {t['prob']:.2%}" for t in r["topk"])
         lines.append(f"{r['file']}: {best}")
         if "explain" in r:
-            from cnnctl.explain import format_explanation
+            from cnnctl.insight.explain import format_explanation
 
             ex = r["explain"]
             if "label_note" in r:

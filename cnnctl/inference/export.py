@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnctl import onnxrt
 from cnnctl.errors import CnnctlError, ExportError, UsageError, WriteError, first_line
-from cnnctl.onnxrt import INSTALL_HINT, Runner, run_batched, softmax
+from cnnctl.inference import onnxrt
+from cnnctl.inference.onnxrt import INSTALL_HINT, Runner, run_batched, softmax
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ def export(checkpoint: str | Path, *, format: str = "onnx", output: str | Path |
     Raises CnnctlError (exit 2) for bad input or a missing extra, ExportError (exit 1) when export or
     verification fails; a file that fails verification is not written.
     """
-    from cnnctl.checkpoint import atomic_write
-    from cnnctl.inference import load_model
+    from cnnctl.inference.evaluate import load_model
+    from cnnctl.training.checkpoint import atomic_write
 
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -379,7 +379,7 @@ def verify(model: nn.Module, run: Runner, ckpt: dict[str, Any], source: str, *,
 def real_images(ckpt: dict[str, Any], source: str, n: int = CHECK_IMAGES) -> tuple[torch.Tensor | None, str]:
     """Up to ``n`` uint8 images of the checkpoint's test split (else val, else train) and where they came from,
     or ``(None, why not)`` when its dataset cannot be read here. Never downloads."""
-    from cnnctl.inference import sample_images
+    from cnnctl.inference.evaluate import sample_images
 
     try:
         images, _, where = sample_images(ckpt, source, n)

@@ -3,7 +3,7 @@
 The hot path never synchronises with the device per step: each step's loss and correct count are written
 into device buffers and read once per progress refresh (at most once a second) and once per epoch.
 Everything around the optimizer step (the lr schedule, progress, checkpoints, interruption, early stopping,
-metrics.csv, TensorBoard, a tuner's pruning) is a hook in ``run.hooks`` (see ``cnnctl.hooks``).
+metrics.csv, TensorBoard, a tuner's pruning) is a hook in ``run.hooks`` (see ``cnnctl.training.hooks``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from cnnctl.errors import TrainingError
-from cnnctl.hooks import optimizer_step_hooks, steps_hooks
-from cnnctl.metrics import EvalAccumulator
+from cnnctl.training.hooks import optimizer_step_hooks, steps_hooks
+from cnnctl.training.metrics import EvalAccumulator
 
 if TYPE_CHECKING:
-    from cnnctl.run import Run
+    from cnnctl.training.run import Run
 
 
 @dataclass

@@ -27,7 +27,6 @@ import contextlib
 import csv
 import io
 import logging
-import os
 import signal
 import sys
 import time
@@ -36,11 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.config import is_finite_number
 from cnnctl.errors import ConfigError, UsageError, WriteError
+from cnnctl.interrupts import second_signal
 from cnnctl.io import check_writable, writing
 
 if TYPE_CHECKING:
-    from cnnctl.engine import EpochState
-    from cnnctl.run import Run
+    from cnnctl.training.engine import EpochState
+    from cnnctl.training.run import Run
 
 log = logging.getLogger("cnnctl")
 
@@ -298,7 +298,7 @@ class MetricsCSV(Hook):
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    from cnnctl.checkpoint import write_text
+    from cnnctl.training.checkpoint import write_text
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
@@ -510,7 +510,8 @@ class Interruption(Hook):
     def _handle(self, signum: int, frame: Any) -> None:
         run = self._run
         if run is None or run.interrupted is not None:  # second signal: leave now
-            os._exit(128 + signum)
+            second_signal(signum)
+            return
         run.interrupted = signum
         log.warning("%s received: finishing this step and saving last.pt (press Ctrl-C again to quit at once)",
                     signal.Signals(signum).name)
@@ -551,7 +552,7 @@ class GradientRecorderHook(Hook):
     key = "gradients"
 
     def __init__(self, run_dir: Path, model: Any, every_n_steps: int) -> None:
-        from cnnctl.recorders import GradientRecorder
+        from cnnctl.training.recorders import GradientRecorder
 
         self.run_dir = run_dir
         self.recorder = GradientRecorder(model, every_n_steps)
@@ -566,7 +567,7 @@ class GradientRecorderHook(Hook):
         self.recorder.after_optimizer_step(state.step)
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
-        from cnnctl.recorders import tensorboard_scalars
+        from cnnctl.training.recorders import tensorboard_scalars
 
         rows = self.recorder.end_epoch(row["epoch"])
         self.recorder.write_csv(self.run_dir / "gradients.csv")
@@ -577,7 +578,7 @@ class GradientRecorderHook(Hook):
 
     def on_train_end(self, run: Run) -> None:
         # Drawn once, not per epoch: a figure costs ~70 ms, 6% of a 10-epoch lenet5-digits run if drawn each epoch.
-        from cnnctl.recorders import plot_gradients
+        from cnnctl.training.recorders import plot_gradients
 
         if self.recorder.rows:
             plot_gradients(self.recorder.rows, self.run_dir / "gradients.png", title=f"{run.config.name}: gradient "
@@ -585,7 +586,7 @@ class GradientRecorderHook(Hook):
 
     def summary(self) -> dict[str, Any] | None:
         """summary.json's ``gradients``: the last epoch's first/last-layer norms and their ratio."""
-        from cnnctl.recorders import gradient_summary
+        from cnnctl.training.recorders import gradient_summary
 
         figures = gradient_summary(self.recorder.rows)
         return None if figures is None else {**figures, "every_n_steps": self.recorder.every_n_steps}
@@ -616,7 +617,7 @@ class ActivationStatsHook(Hook):
         self.by_epoch: dict[int, list[dict[str, Any]]] = {}
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
-        from cnnctl.recorders import activation_stats, tensorboard_scalars
+        from cnnctl.training.recorders import activation_stats, tensorboard_scalars
 
         if run.val_loader is None:
             return
@@ -628,7 +629,7 @@ class ActivationStatsHook(Hook):
                 writer.add_scalar(tag, value, row["epoch"])
 
     def on_train_end(self, run: Run) -> None:
-        from cnnctl.recorders import plot_activations
+        from cnnctl.training.recorders import plot_activations
 
         if self.by_epoch:  # drawn once, as gradients.png
             plot_activations(self.by_epoch, self.run_dir / "activations.png",

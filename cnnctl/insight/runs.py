@@ -4,7 +4,7 @@ A run directory is a folder holding ``config.yaml`` (training writes it first). 
 
 | status | rule |
 |---|---|
-| running | its lock (``.lock``) is held by a live process (:mod:`cnnctl.runlock`) |
+| running | its lock (``.lock``) is held by a live process (:mod:`cnnctl.training.runlock`) |
 | failed | ``status.json`` says ``"status": "failed"`` (training writes it when the loss turns non-finite or it crashes); or, |
 |        | with no such file, neither ``summary.json`` nor ``last.pt``: it stopped before its first checkpoint |
 | finished | ``summary.json`` with ``stopped_early`` false |
@@ -37,7 +37,7 @@ from typing import Any
 from cnnctl.config import read_yaml
 from cnnctl.errors import ConfigError, UsageError
 from cnnctl.registry import did_you_mean
-from cnnctl.runlock import holder
+from cnnctl.training.runlock import holder
 
 log = logging.getLogger("cnnctl")
 

@@ -64,10 +64,10 @@ def _assemble(config: Config, device: str | None) -> _Setup:
     """Model, data and optimizer as training builds them (``run.assemble``: no run directory, no hooks)."""
     import torch
 
-    from cnnctl.distributed import DistContext
-    from cnnctl.losses import create_loss
-    from cnnctl.optim import create_optimizer
-    from cnnctl.run import assemble
+    from cnnctl.training.distributed import DistContext
+    from cnnctl.training.losses import create_loss
+    from cnnctl.training.optim import create_optimizer
+    from cnnctl.training.run import assemble
 
     run = assemble(config, dist=DistContext(), device=device)  # one process, even under torchrun
     # A fresh optimizer of the same kind and settings: assemble's schedule has already moved the lrs (warmup
@@ -79,7 +79,7 @@ def _assemble(config: Config, device: str | None) -> _Setup:
 
 
 def _out_folder(out_dir: str | Path, name: str) -> Path:
-    from cnnctl.run import new_run_dir
+    from cnnctl.training.run import new_run_dir
 
     return new_run_dir(Path(out_dir), f"lr-find-{name}")
 
@@ -203,7 +203,7 @@ def lr_find(config: Config, *, out_dir: str | Path, start: float = 1e-7, end: fl
 
 
 def _write_csv(path: Path, lrs: list[float], losses: list[float], smoothed: list[float]) -> Path:
-    from cnnctl.checkpoint import write_text
+    from cnnctl.training.checkpoint import write_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -217,8 +217,8 @@ def _write_csv(path: Path, lrs: list[float], losses: list[float], smoothed: list
 def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], readings: dict[str, float | None],
                  path: Path, *, title: str = "") -> Path:
     """Loss against lr (log x): raw and smoothed, with both readings marked and the printed one labelled."""
-    from cnnctl.plots import save_figure
-    from cnnctl.recorders import _figure
+    from cnnctl.insight.plots import save_figure
+    from cnnctl.training.recorders import _figure
 
     fig, (ax,) = _figure((7.0, 4.5), 1)
     ax.plot(lrs, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="loss")

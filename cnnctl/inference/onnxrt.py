@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from cnnctl.checkpoint import input_problem
 from cnnctl.errors import CnnctlError, first_line
+from cnnctl.training.checkpoint import input_problem
 
 INSTALL_HINT = "pip install 'cnnctl[export]'"
 METADATA_KEYS = ("cnnctl_version", "arch", "name", "classes", "channels", "size", "mean", "std", "input", "output",

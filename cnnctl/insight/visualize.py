@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from cnnctl.errors import CnnctlError, DataError
+from cnnctl.insight.plots import save_figure, subplots
 from cnnctl.interrupts import check
-from cnnctl.plots import save_figure, subplots
 
 log = logging.getLogger("cnnctl")
 
@@ -345,8 +345,8 @@ def input_image(ckpt: dict[str, Any], source: str, image: str | Path | None) -> 
     loaded without downloading anything.
     """
     from cnnctl.data.transforms import load_image
-    from cnnctl.inference import sample_images
-    from cnnctl.predict import _not_regular
+    from cnnctl.inference.evaluate import sample_images
+    from cnnctl.inference.predict import _not_regular
 
     spec = ckpt["input"]
     if image is not None:
@@ -378,7 +378,7 @@ def attribution_pngs(model: nn.Module, x: torch.Tensor, picture: torch.Tensor, c
     if importlib.util.find_spec("captum") is None:
         log.info("attribution maps skipped: they need Captum (pip install 'cnnctl[explain]')")
         return []
-    from cnnctl.attribution import attribution_maps, plot_attribution
+    from cnnctl.insight.attribution import attribution_maps, plot_attribution
 
     # The occluding patch is the training set's mean colour (0 after normalisation): on a dark-background digit a
     # mid-grey patch adds a stroke where there was none, and its biggest effect fell on the blank border (measured on
@@ -399,7 +399,7 @@ def check_layer(model: nn.Module, layer: str | None, source: str) -> None:
     installed to compute Grad-CAM on it."""
     if layer is None:
         return
-    from cnnctl.attribution import named_layer, require_captum
+    from cnnctl.insight.attribution import named_layer, require_captum
 
     named_layer(model, layer, source)
     require_captum()
@@ -417,7 +417,7 @@ def visualize(checkpoint: str | Path, *, image: str | Path | None = None, output
     stops with ``Interrupted`` if the CLI's ``interrupts.stop_on_signal`` noted a signal.
     """
     from cnnctl.data.base import to_model_input
-    from cnnctl.inference import load_model
+    from cnnctl.inference.evaluate import load_model
 
     cpu = torch.device("cpu")
     path, ckpt, model = load_model(checkpoint, cpu)

@@ -156,7 +156,7 @@ def plot_attribution(image: np.ndarray, heat: np.ndarray, method: str, cls: str,
                      layer: str | None = None) -> Path:
     """The image beside the map laid over it, with a colour bar in the map's own units. ``image``: [H, W] or
     [H, W, 3] in [0, 1]."""
-    from cnnctl.plots import save_figure, subplots
+    from cnnctl.insight.plots import save_figure, subplots
 
     fig, (left, right) = subplots(1, 2, figsize=FIGSIZE)
     gray = image.ndim == 2

@@ -43,7 +43,7 @@ def integer_epochs(*axes: Any) -> None:
 
 def save_figure(fig: Any, path: Path) -> Path:
     """Write ``fig`` as a PNG at ``DPI``, atomically (WriteError naming the file on failure)."""
-    from cnnctl.checkpoint import atomic_write
+    from cnnctl.training.checkpoint import atomic_write
 
     path = Path(path)
     try:

@@ -18,7 +18,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnctl.checkpoint import (
+from cnnctl.config import Config, ResolvedRun, resolve_run
+from cnnctl.data.base import DataBundle, load_data, make_loader
+from cnnctl.data.spec import input_spec
+from cnnctl.errors import CnnctlError, ConfigError, Interrupted, TrainingError, UsageError, WriteError, first_line
+from cnnctl.insight.runs import STATUS_FILE
+from cnnctl.io import make_folders, writing
+from cnnctl.models.registry import check_model_size, create_model
+from cnnctl.runtime import (
+    autocast_dtype,
+    precision_name,
+    rng_state,
+    seed_everything,
+    select_device,
+    set_rng_state,
+    use_channels_last,
+)
+from cnnctl.training.checkpoint import (
     FORMAT,
     load_checkpoint,
     load_model_state,
@@ -27,13 +43,9 @@ from cnnctl.checkpoint import (
     write_json,
     write_text,
 )
-from cnnctl.config import Config, ResolvedRun, resolve_run
-from cnnctl.data.base import DataBundle, load_data, make_loader
-from cnnctl.data.spec import input_spec
-from cnnctl.distributed import DistContext
-from cnnctl.engine import EpochState, evaluate, fit
-from cnnctl.errors import CnnctlError, ConfigError, Interrupted, TrainingError, UsageError, WriteError, first_line
-from cnnctl.hooks import (
+from cnnctl.training.distributed import DistContext
+from cnnctl.training.engine import EpochState, evaluate, fit
+from cnnctl.training.hooks import (
     ActivationStatsHook,
     BestMetric,
     EarlyStopping,
@@ -48,21 +60,9 @@ from cnnctl.hooks import (
     TensorBoard,
     require_tensorboard,
 )
-from cnnctl.io import make_folders, writing
-from cnnctl.losses import create_loss
-from cnnctl.models.registry import check_model_size, create_model
-from cnnctl.optim import create_optimizer, create_scheduler
-from cnnctl.runlock import LOCK_NAME, RunLock
-from cnnctl.runs import STATUS_FILE
-from cnnctl.runtime import (
-    autocast_dtype,
-    precision_name,
-    rng_state,
-    seed_everything,
-    select_device,
-    set_rng_state,
-    use_channels_last,
-)
+from cnnctl.training.losses import create_loss
+from cnnctl.training.optim import create_optimizer, create_scheduler
+from cnnctl.training.runlock import LOCK_NAME, RunLock
 from cnnctl.version import __version__
 
 log = logging.getLogger("cnnctl")
@@ -175,7 +175,7 @@ def assemble(config: Config, *, dist: DistContext | None = None, device: str | N
     data = load_data(cfg.data, cfg.seed, device=dev)  # cache: auto budgets GPU memory when training on CUDA
     _check_monitors(cfg, has_val=data.val is not None)
     model = create_model(cfg.model, in_channels=data.channels, image_size=data.size, num_classes=len(data.classes))
-    from cnnctl.models.summary import check_input
+    from cnnctl.insight.summary import check_input
 
     check_input(model, arch=cfg.model.arch, in_channels=data.channels, image_size=data.size)
     if cfg.train.sync_bn and dist.world_size > 1:
@@ -208,7 +208,7 @@ def build_run(config: Config, *, dist: DistContext | None = None, device: str | 
     """Data, model, the training module, optimizer, schedule, hooks and run directory for ``config``, on the chosen
     device; with ``resume`` (a resolved resume), its checkpoint's state restored into them.
 
-    ``hooks`` are the caller's own (``cnnctl.hooks.Hook`` subclasses); they run after early stopping and before
+    ``hooks`` are the caller's own (``cnnctl.training.hooks.Hook`` subclasses); they run after early stopping and before
     metrics.csv, TensorBoard and the checkpoints, so a stop they ask for is saved in this epoch's last.pt.
     """
     cfg = config
@@ -435,7 +435,7 @@ def finish(run: Run, *, wall_seconds: float) -> dict[str, Any]:
             summary[hook.key] = hook.summary()
     if run.dist.is_main:
         write_json(run.run_dir / "summary.json", summary)
-        from cnnctl.plots import run_plots
+        from cnnctl.insight.plots import run_plots
 
         stopped = run.early_stopping.stopped_epoch if run.early_stopping and run.stop_reason else None
         run_plots(run.run_dir, summary, run.data.classes, stopped)
@@ -474,7 +474,7 @@ def train(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     """``cnnctl train``: a new run from ``config`` (a Config, a file or a bundled config name), or a resumed one
     (``resume``: a run directory or checkpoint); returns summary.json's content.
 
-    ``hooks``: extra ``cnnctl.hooks.Hook`` objects (``cnnctl tune``'s pruner is one).
+    ``hooks``: extra ``cnnctl.training.hooks.Hook`` objects (``cnnctl tune``'s pruner is one).
     Raises ``errors.Interrupted`` after a SIGINT/SIGTERM (last.pt saved). Changes no process-wide state but the
     seeds: the CLI sets threads, the allocator and logging (``runtime.configure_process``).
     """

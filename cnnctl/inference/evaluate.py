@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnctl.checkpoint import load_checkpoint, load_model_state, run_checkpoint
 from cnnctl.config import Config, validate_config
-from cnnctl.engine import evaluate
 from cnnctl.errors import CheckpointError, CnnctlError, DataError, UsageError
-from cnnctl.explain import confident_mistakes, confused_pairs
-from cnnctl.metrics import EvalAccumulator
+from cnnctl.insight.explain import confident_mistakes, confused_pairs
 from cnnctl.runtime import select_device
+from cnnctl.training.checkpoint import load_checkpoint, load_model_state, run_checkpoint
+from cnnctl.training.engine import evaluate
+from cnnctl.training.metrics import EvalAccumulator
 
 
 def checkpoint_config(ckpt: dict[str, Any], source: str) -> Config:
@@ -176,7 +176,7 @@ def evaluate_checkpoints(paths: list[str], *, split: str = "test", data_root: st
     target["mistakes"] = [{**m, "true": classes[m["true"]], "pred": classes[m["pred"]]} for m in found]
     target["confused_pairs"] = confused_pairs(target["confusion_matrix"], classes)
     if plots is not None:
-        from cnnctl.plots import eval_plots
+        from cnnctl.insight.plots import eval_plots
 
         part, spec = first
         images = split_images(part, [m["index"] for m in found], int(spec["channels"]),

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cnnctl.losses import loss_sum
+from cnnctl.training.losses import loss_sum
 
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:

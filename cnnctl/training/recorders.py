@@ -220,7 +220,7 @@ class GradientRecorder:
 
     def write_csv(self, path: str | Path) -> Path:
         """``gradients.csv``: one row per epoch and layer, columns ``GRADIENT_COLUMNS``, written atomically."""
-        from cnnctl.checkpoint import write_text
+        from cnnctl.training.checkpoint import write_text
 
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=GRADIENT_COLUMNS, lineterminator="\n")
@@ -356,7 +356,7 @@ def activation_stats(model: nn.Module, batches: Iterable[Any], *, tol: float = S
 
 def _figure(size: tuple[float, float], ncols: int, nrows: int = 1) -> tuple[Any, Any]:
     """A Figure (no pyplot) and its axes as one flat array."""
-    from cnnctl.plots import subplots
+    from cnnctl.insight.plots import subplots
 
     fig, axes = subplots(nrows, ncols, figsize=size, squeeze=False)
     return fig, axes.flatten()
@@ -388,7 +388,7 @@ def _epoch_lines(ax: Any, fig: Any, layers: list[str], by_epoch: dict[int, dict[
 def plot_gradients(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
     """``gradients.png``: gradient norm and update/weight ratio per layer (input on the left, output on the
     right), one line per epoch coloured by epoch, log y. A vanishing gradient is a line that falls to the left."""
-    from cnnctl.plots import save_figure
+    from cnnctl.insight.plots import save_figure
 
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     if len(layers) <= MAX_TICKS // 2:  # side by side
@@ -411,7 +411,7 @@ def plot_gradients(rows: Sequence[dict[str, Any]], path: str | Path, *, title: s
 def plot_activations(stats_by_epoch: dict[int, list[dict[str, Any]]], path: str | Path, *, title: str = "") -> Path:
     """``activations.png``: per activation layer, the fraction of dead units (rectifiers) and of saturated
     outputs (sigmoid/tanh), one line per epoch; ``stats_by_epoch`` maps an epoch to ``activation_stats`` rows."""
-    from cnnctl.plots import save_figure
+    from cnnctl.insight.plots import save_figure
 
     panels = [(key, label) for key, label in (("dead_fraction", "dead units (never positive)"),
                                               ("saturated_fraction", f"saturated outputs (within {SATURATION_TOL} of a bound)"))

@@ -16,7 +16,7 @@ set -euo pipefail
 # NAME|module file(s) to mutate (globs, comma separated)|fast tests that cover them (pytest arguments)
 # The loop is engine.py (run assembly, run.py, is left out: its tests train whole runs); early stopping and the best metric live in hooks.py; the resume policy in config.py.
 MODULES=(
-  "hooks|cnnctl/training/hooks.py|tests/test_hooks.py tests/test_hook_events.py tests/test_recording.py tests/test_tensorboard.py tests/test_catch_mutations.py::test_early_stopping_min_mode_counts_an_equal_value_as_no_improvement tests/test_catch_mutations.py::test_early_stopping_state_is_a_file_format_and_resumes_mid_wait"
+  "hooks|cnnctl/training/hooks/*.py|tests/test_hooks.py tests/test_hook_events.py tests/test_recording.py tests/test_tensorboard.py tests/test_catch_mutations.py::test_early_stopping_min_mode_counts_an_equal_value_as_no_improvement tests/test_catch_mutations.py::test_early_stopping_state_is_a_file_format_and_resumes_mid_wait"
   "metrics|cnnctl/training/metrics.py|tests/test_metrics.py tests/test_properties.py -k 'sklearn or metrics'"
   "checkpoint|cnnctl/training/checkpoint.py|tests/test_checkpoint.py tests/test_catch_mutations.py::test_atomic_write_failure_at_every_stage_keeps_the_previous_checkpoint tests/test_catch_mutations.py::test_atomic_write_success_replaces_the_whole_file"
   # mutmut's trampolines make Plan.warmup unpicklable: the two tests that torch.save a "none" schedule cannot run

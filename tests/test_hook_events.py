@@ -37,6 +37,7 @@ from cnnctl.training.hooks import (
     resolve_mode,
     write_metrics,
 )
+from cnnctl.training.hooks import progress as progress_module
 
 
 class Loader(list):
@@ -203,7 +204,7 @@ def test_the_metrics_hook_writes_the_file_and_logs_the_line(tmp_path, caplog):
 
 def test_progress_checks_the_loss_at_most_once_a_second(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
     progress = Progress(enabled=False)  # pytest's stderr is no terminal: no bar
     assert progress.enabled is False
     run, state = fake_run(epoch=2), State(1)
@@ -221,7 +222,7 @@ def test_progress_checks_the_loss_at_most_once_a_second(monkeypatch):
 
 def test_progress_draws_a_bar_with_the_running_figures(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     progress = Progress(enabled=True)
     assert progress.enabled is True

@@ -3,6 +3,7 @@ the error kinds it raises (never SystemExit), the process left as it was found, 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -250,3 +251,24 @@ def test_the_cli_is_a_layer_over_the_api(cli, monkeypatch, tmp_path):
                                           "labels_from_folders": False}),
         ("summary", ("lenet5-digits",), {"overrides": None, "explain": False}),
     ]
+
+
+def test_a_callers_hook_adds_to_summary_json_as_the_recorders_do(tmp_path):
+    """run.finish asks every hook for its summary items; it knows none of them by type."""
+    from cnnctl.training.hooks import Hook
+
+    class Count(Hook):
+        def __init__(self) -> None:
+            self.epochs = 0
+
+        def on_epoch_end(self, run, row) -> None:
+            self.epochs += 1
+
+        def summary_items(self):
+            return {"my_count": self.epochs}
+
+    result = cnnctl.train(TINY, overrides=["train.epochs=1", "train.record_gradients_every=5"], name="h",
+                          out=tmp_path, hooks=[Count()])
+    written = json.loads((result.run_dir / "summary.json").read_text())
+    assert written["my_count"] == 1 and result.summary["my_count"] == 1
+    assert written["gradients"]["every_n_steps"] == 5 and written["activations"]["split"] == "val"

@@ -430,9 +430,8 @@ def finish(run: Run, *, wall_seconds: float) -> dict[str, Any]:
         "world_size": run.dist.world_size,
         "params": sum(p.numel() for p in run.model.parameters()),
     }
-    for hook in run.hooks:  # the recorders' figures: "gradients", "activations"
-        if isinstance(hook, GradientRecorderHook | ActivationStatsHook):
-            summary[hook.key] = hook.summary()
+    for hook in run.hooks:  # the recorders' figures ("gradients", "activations"), or a hook of the caller's
+        summary.update(hook.summary_items())
     if run.dist.is_main:
         write_json(run.run_dir / "summary.json", summary)
         from cnnctl.insight.plots import run_plots

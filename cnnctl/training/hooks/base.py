@@ -70,6 +70,11 @@ class Hook:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def summary_items(self) -> dict[str, Any]:
+        """What this hook adds to summary.json at the end of the run (the recorders: their figures under their key).
+        ``run.finish`` asks every hook, so it needs to know none of them by type."""
+        return {}
+
     def on_run_end(self, run: Run, summary: dict[str, Any]) -> None:
         """Once, after the test evaluation: ``summary`` is summary.json's content (a run that raised has none)."""
 

@@ -62,6 +62,9 @@ class GradientRecorderHook(Hook):
             plot_gradients(self.recorder.rows, self.run_dir / "gradients.png", title=f"{run.config.name}: gradient "
                            f"flow (every {self.recorder.every_n_steps} steps, mean per epoch)")
 
+    def summary_items(self) -> dict[str, Any]:
+        return {self.key: self.summary()}
+
     def summary(self) -> dict[str, Any] | None:
         """summary.json's ``gradients``: the last epoch's first/last-layer norms and their ratio."""
         from cnnctl.training.recorders import gradient_summary
@@ -112,6 +115,9 @@ class ActivationStatsHook(Hook):
         if self.by_epoch:  # drawn once, as gradients.png
             plot_activations(self.by_epoch, self.run_dir / "activations.png",
                              title=f"{run.config.name}: activations over the validation split")
+
+    def summary_items(self) -> dict[str, Any]:
+        return {self.key: self.summary()}
 
     def summary(self) -> dict[str, Any] | None:
         """summary.json's ``activations``: the last epoch's statistics, one entry per activation layer."""

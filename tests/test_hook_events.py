@@ -525,9 +525,10 @@ def test_the_recorders_add_their_scalars_to_tensorboard_at_the_epoch(tmp_path, m
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     tensorboard = TensorBoard(tmp_path)
     tensorboard.writer = writer = Writer()
-    gradients, activations = GradientRecorderHook(tmp_path, model, every_n_steps=1), ActivationStatsHook(tmp_path)
+    gradients = GradientRecorderHook(tmp_path, model, every_n_steps=1, tensorboard=tensorboard)
+    activations = ActivationStatsHook(tmp_path, tensorboard=tensorboard)
     x = torch.randn(8, 2)
-    run = fake_run(model=model, hooks=[gradients, activations, tensorboard],
+    run = fake_run(model=model, hooks=[],  # handed the hook, the recorders never search the run's list
                    val_loader=SimpleNamespace(batches=lambda epoch: [(x, torch.zeros(8, dtype=torch.long))]))
     model(x).sum().backward()
     gradients.on_before_optimizer_step(run, State(0))

@@ -248,12 +248,14 @@ def _hooks(cfg: Config, run_dir: Path, dist: DistContext, parts: Parts, best: Be
         hooks.append(early_stopping)
     hooks += list(extra)
     if dist.is_main:
+        # The recorders are handed the TensorBoard hook (its writer gets their scalars); they run before it.
+        tensorboard = TensorBoard(run_dir) if cfg.train.tensorboard else None
         if cfg.train.record_gradients_every:
-            hooks.append(GradientRecorderHook(run_dir, parts.model, cfg.train.record_gradients_every))
+            hooks.append(GradientRecorderHook(run_dir, parts.model, cfg.train.record_gradients_every, tensorboard))
         if cfg.train.record_activations and parts.val_loader is not None:
-            hooks.append(ActivationStatsHook(run_dir))
-        if cfg.train.tensorboard:
-            hooks.append(TensorBoard(run_dir))
+            hooks.append(ActivationStatsHook(run_dir, tensorboard))
+        if tensorboard is not None:
+            hooks.append(tensorboard)
         hooks.append(MetricsCSV(run_dir))
     hooks.append(Progress(enabled=dist.is_main))
     if cfg.train.checkpoint.save_every_steps:

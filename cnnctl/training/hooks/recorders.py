@@ -14,10 +14,10 @@ if TYPE_CHECKING:
     from cnnctl.training.run import Run
 
 
-def _tensorboard_writer(run: Run) -> Any:
-    """The open SummaryWriter of the run's TensorBoard hook, if any (recorders add their scalars to it; it
-    flushes after them, being later in the list)."""
-    return next((h.writer for h in run.hooks if isinstance(h, TensorBoard) and h.writer is not None), None)
+def _writer(tensorboard: TensorBoard | None) -> Any:
+    """The open SummaryWriter of the TensorBoard hook the run handed this recorder, if any: the recorders add their
+    scalars to it, and it flushes after them, being later in the hook list (``run._hooks``)."""
+    return tensorboard.writer if tensorboard is not None else None
 
 
 class GradientRecorderHook(Hook):
@@ -29,10 +29,10 @@ class GradientRecorderHook(Hook):
 
     key = "gradients"
 
-    def __init__(self, run_dir: Path, model: Any, every_n_steps: int) -> None:
+    def __init__(self, run_dir: Path, model: Any, every_n_steps: int, tensorboard: TensorBoard | None = None) -> None:
         from cnnctl.training.recorders import GradientRecorder
 
-        self.run_dir = run_dir
+        self.run_dir, self.tensorboard = run_dir, tensorboard
         self.recorder = GradientRecorder(model, every_n_steps)
 
     def wants_unscaled_gradients(self, run: Run, state: EpochState) -> bool:
@@ -49,7 +49,7 @@ class GradientRecorderHook(Hook):
 
         rows = self.recorder.end_epoch(row["epoch"])
         self.recorder.write_csv(self.run_dir / "gradients.csv")
-        writer = _tensorboard_writer(run)
+        writer = _writer(self.tensorboard)
         if writer is not None:
             for tag, value in tensorboard_scalars(gradient_rows=rows):
                 writer.add_scalar(tag, value, row["epoch"])
@@ -93,8 +93,8 @@ class ActivationStatsHook(Hook):
 
     key = "activations"
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, tensorboard: TensorBoard | None = None) -> None:
+        self.run_dir, self.tensorboard = run_dir, tensorboard
         self.by_epoch: dict[int, list[dict[str, Any]]] = {}
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
@@ -104,7 +104,7 @@ class ActivationStatsHook(Hook):
             return
         stats = activation_stats(run.model, run.val_loader.batches(0))
         self.by_epoch[int(row["epoch"])] = stats
-        writer = _tensorboard_writer(run)
+        writer = _writer(self.tensorboard)
         if writer is not None:
             for tag, value in tensorboard_scalars(activation_rows=stats):
                 writer.add_scalar(tag, value, row["epoch"])

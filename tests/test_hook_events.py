@@ -192,9 +192,9 @@ def test_metrics_csv_keeps_every_digit_and_leaves_missing_values_empty(tmp_path)
 def test_the_metrics_hook_writes_the_file_and_logs_the_line(tmp_path, caplog):
     run = fake_run(epoch=3, history=[ROW], best=SimpleNamespace(best_epoch=3))
     with caplog.at_level(logging.INFO, logger="cnnctl"):
-        MetricsCSV(tmp_path).on_epoch_end(run, ROW)
+        MetricsCSV(tmp_path, run.best).on_epoch_end(run, ROW)
         run.best.best_epoch = 2
-        MetricsCSV(tmp_path).on_epoch_end(run, ROW)
+        MetricsCSV(tmp_path, run.best).on_epoch_end(run, ROW)
     assert (tmp_path / "metrics.csv").read_text().splitlines()[1] == "3,0.12345,0.9876,0.2,0.95,0.00123456,2.5"
     assert caplog.messages == [epoch_line(ROW, 10, 1000, True), epoch_line(ROW, 10, 1000, False)]
 
@@ -275,7 +275,7 @@ def test_step_checkpoints_every_n_steps_inside_an_epoch(step, saved, state_step,
 ])
 def test_epoch_checkpoints(epoch, best_epoch, stop_reason, expected):
     run = fake_run(epoch=epoch, best=SimpleNamespace(best_epoch=best_epoch), stop_reason=stop_reason)
-    EpochCheckpoint(save_every=4).on_epoch_end(run, ROW)
+    EpochCheckpoint(save_every=4, best=run.best).on_epoch_end(run, ROW)
     assert run.saves == ([(expected, None)] if expected else [])
 
 

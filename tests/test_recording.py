@@ -136,10 +136,10 @@ def test_optimizer_step_events_see_gradients_then_the_update(tmp_path):
 
 
 def test_only_listening_hooks_are_called_per_optimizer_step():
-    from cnnctl.training.hooks import GradientRecorderHook, Hook, MetricsCSV, optimizer_step_hooks
+    from cnnctl.training.hooks import BestMetric, GradientRecorderHook, Hook, MetricsCSV, optimizer_step_hooks
 
     recorder = GradientRecorderHook(Path("."), torch.nn.Linear(2, 2), 5)
-    before, after = optimizer_step_hooks([Hook(), MetricsCSV(Path(".")), recorder])
+    before, after = optimizer_step_hooks([Hook(), MetricsCSV(Path("."), BestMetric("val_loss")), recorder])
     assert before == [recorder] and after == [recorder]
 
 

@@ -256,11 +256,11 @@ def _hooks(cfg: Config, run_dir: Path, dist: DistContext, parts: Parts, best: Be
             hooks.append(ActivationStatsHook(run_dir, tensorboard))
         if tensorboard is not None:
             hooks.append(tensorboard)
-        hooks.append(MetricsCSV(run_dir))
+        hooks.append(MetricsCSV(run_dir, best))
     hooks.append(Progress(enabled=dist.is_main))
     if cfg.train.checkpoint.save_every_steps:
         hooks.append(StepCheckpoint(cfg.train.checkpoint.save_every_steps))
-    hooks += [EpochCheckpoint(cfg.train.checkpoint.save_every), Interruption()]
+    hooks += [EpochCheckpoint(cfg.train.checkpoint.save_every, best), Interruption()]
     return hooks
 
 

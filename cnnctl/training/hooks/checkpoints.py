@@ -8,6 +8,7 @@ from cnnctl.training.hooks.base import Hook
 
 if TYPE_CHECKING:
     from cnnctl.training.engine import EpochState
+    from cnnctl.training.hooks.best_metric import BestMetric
     from cnnctl.training.run import Run
 
 
@@ -25,13 +26,14 @@ class StepCheckpoint(Hook):
 
 class EpochCheckpoint(Hook):
     """best.pt when the monitored metric improved; last.pt every ``save_every`` epochs, at the last epoch and when
-    training stops. Put it after the hooks that decide to stop."""
+    training stops. Put it after the hooks that decide to stop, and after ``best`` (the run's BestMetric, handed
+    over by the run) has seen the epoch."""
 
-    def __init__(self, save_every: int) -> None:
-        self.save_every = save_every
+    def __init__(self, save_every: int, best: BestMetric) -> None:
+        self.save_every, self.best = save_every, best
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
-        names = ["best.pt"] if run.best.best_epoch == run.epoch else []
+        names = ["best.pt"] if self.best.best_epoch == run.epoch else []
         if run.epoch % self.save_every == 0 or run.epoch >= run.config.train.epochs or run.stop_reason:
             names.append("last.pt")
         if names:

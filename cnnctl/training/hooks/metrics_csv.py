@@ -11,6 +11,7 @@ from cnnctl.training.hooks.base import Hook, log
 from cnnctl.training.hooks.progress import epoch_line
 
 if TYPE_CHECKING:
+    from cnnctl.training.hooks.best_metric import BestMetric
     from cnnctl.training.run import Run
 
 
@@ -19,14 +20,14 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr
 
 class MetricsCSV(Hook):
     """metrics.csv rewritten whole after each epoch (atomically: a kill never leaves half a row) and the epoch's
-    log line. Rank 0 only."""
+    log line, marked when ``best`` (the run's BestMetric, handed over by the run) improved this epoch. Rank 0 only."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, best: BestMetric) -> None:
+        self.run_dir, self.best = run_dir, best
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
         write_metrics(self.run_dir, run.history)
-        improved = run.best.best_epoch == run.epoch
+        improved = self.best.best_epoch == run.epoch
         log.info(epoch_line(row, run.config.train.epochs, run.train_loader.num_samples, improved))
 
 

@@ -269,10 +269,12 @@ def lr_find(
     """Learning-rate range test (Smith 2017): raise the lr exponentially from the config's initial state, stop when
     the loss diverges, draw loss vs lr to lr_find.png and print a suggested lr. Writes only OUT/lr-find-NAME/."""
     from cnnctl.config import load_config
-    from cnnctl.training.lr_find import format_result, lr_find_command
+    from cnnctl.training.lr_find import format_result
+    from cnnctl.training.lr_find import lr_find as range_test
 
-    _configure(threads=load_config(config, set_)[0].train.threads)
-    result = lr_find_command(config, set_, start=start, end=end, steps=steps, out=out, device=device)
+    cfg = load_config(config, set_)[0]  # parsed once: the thread count and the test read the same config
+    _configure(threads=cfg.train.threads)
+    result = range_test(cfg, out_dir=out or cfg.out, start=start, end=end, steps=steps, device=device)
     typer.echo(format_result(result))
 
 
@@ -346,10 +348,11 @@ def tune(
     from cnnctl.config import load_config
     from cnnctl.tune import run_tune
 
-    _configure(threads=load_config(config, set_)[0].train.threads)  # every trial runs in this process
+    loaded = load_config(config, set_)  # parsed once: the thread count and the search read the same config
+    _configure(threads=loaded[0].train.threads)  # every trial runs in this process
     result = run_tune(config, space, overrides=set_, trials=trials, method=method.value, timeout=timeout,
                       storage=storage, study=study, prune=prune, metric=metric.value, ensemble_top=ensemble_top,
-                      out=out, seed=seed)
+                      out=out, seed=seed, loaded=loaded)
     typer.echo(result["study_dir"])
 
 

@@ -141,3 +141,28 @@ def test_a_curve_too_short_to_read_gives_advice_that_can_help(cli, tmp_path, mon
     assert result.exit_code == 2, result.output
     assert result.stderr == f"error: {message}\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_parses_the_config_once_for_lr_find_and_tune(cli, tmp_path, monkeypatch):
+    """One parse per command: the thread count and the work read the same resolved config."""
+    import cnnctl.config
+    import cnnctl.tune.search
+
+    calls = []
+    real = cnnctl.config.load_config
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cnnctl.config, "load_config", counting)
+    monkeypatch.setattr(cnnctl.tune.search, "load_config", counting)
+    result = cli("lr-find", "lenet5-digits", "--steps", "20", "--end", "1", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert calls == ["lenet5-digits"]
+    calls.clear()
+    space = tmp_path / "space.yaml"
+    space.write_text("optimizer.lr: {bogus: 1}\n")
+    result = cli("tune", "lenet5-digits", "--space", space, "--out", tmp_path / "t")
+    assert result.exit_code == 2  # the space is refused after the config is read
+    assert calls == ["lenet5-digits"]

@@ -402,17 +402,19 @@ def _study_dir(out_root: Path, name: str, *, shared: bool) -> Path:
 def run_tune(config: str, space: str, *, overrides: list[str] | None = None, trials: int | None = None,
              method: str = "tpe", timeout: float | None = None, storage: str | None = None, study: str | None = None,
              prune: bool = True, metric: str = "val_acc", ensemble_top: int = 0, out: str | None = None,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, loaded: tuple[Config, Path] | None = None) -> dict[str, Any]:
     """Search the space around ``config``; returns the study folder, the best trial and every trial's row.
 
     ``method`` and ``metric`` are plain strings (``str(enum.value)`` of a CLI choice works too). ``trials`` is the
     study's total number of trials over every process that shares it (a re-run with the same number runs nothing
     more); grid defaults to every point, random/tpe to 20 (or no limit with ``timeout``). A SIGINT or SIGTERM stops
-    the search: ``errors.Interrupted`` (128 + the signal) with the command that resumes it.
+    the search: ``errors.Interrupted`` (128 + the signal) with the command that resumes it. ``loaded``: what
+    ``load_config(config, overrides)`` returned, when the caller has parsed it already (the CLI, for the thread
+    count), so the config is parsed once.
     """
     method, metric = str(getattr(method, "value", method)), str(getattr(metric, "value", metric))
     _check_args(method, metric, trials, timeout, ensemble_top, study, storage)
-    base_cfg, config_path = load_config(config, overrides)
+    base_cfg, config_path = loaded or load_config(config, overrides)
     space_path = resolve_space_path(space)
     base = base_cfg.dump()
     params = load_space(space_path, base, str(config_path), grid=method == "grid")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,14 @@ def _absent(path: Path) -> bool:
     except OSError:
         return False
     return False
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words (``os.stat``'s ``st_mode``), for the messages of the
+    commands that read regular files only (predict, visualize, runs): opening a FIFO waits for a writer forever."""
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
 
 
 def check_writable(folder: str | Path) -> None:

@@ -12,11 +12,12 @@ import torch
 
 from cnnctl.data.transforms import IMAGE_SUFFIXES, load_image
 from cnnctl.errors import CnnctlError, DataError, UsageError, first_line
+from cnnctl.io import file_kind
 
 SHOWN_FAILURES = 3  # files named in the error line; the rest are counted
 
 
-def _not_regular(path: str) -> str | None:
+def not_regular(path: str) -> str | None:
     """Why ``path`` cannot be read as an image file, or None: only regular files are read (opening a FIFO waits for
     a writer forever; a device never ends)."""
     try:
@@ -25,10 +26,7 @@ def _not_regular(path: str) -> str | None:
         return f"cannot be read: {e.strerror or e}"
     if stat.S_ISREG(mode):
         return None
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "not a regular file")
-    return f"not an image file: {kind}"
+    return f"not an image file: {file_kind(mode)}"
 
 
 def _image_files(folder: str) -> Iterator[tuple[str, str | None]]:
@@ -41,7 +39,7 @@ def _image_files(folder: str) -> Iterator[tuple[str, str | None]]:
                 yield from _image_files(entry.path)
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                 if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
-                    yield entry.path, _not_regular(entry.path)
+                    yield entry.path, not_regular(entry.path)
                 else:
                     yield entry.path, None
 
@@ -62,7 +60,7 @@ def find_images(inputs: list[str]) -> list[tuple[str, str | None]]:
                 found.append((spec, "a folder with no images (png, jpg, bmp, gif, tif, webp) in it"))
             found += files
         elif os.path.lexists(spec):
-            found.append((spec, _not_regular(spec)))
+            found.append((spec, not_regular(spec)))
         else:
             found.append((spec, "no such file or folder"))
     return found

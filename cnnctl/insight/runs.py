@@ -36,6 +36,7 @@ from typing import Any
 
 from cnnctl.config import read_yaml
 from cnnctl.errors import ConfigError, UsageError
+from cnnctl.io import file_kind
 from cnnctl.registry import did_you_mean
 from cnnctl.training.runlock import holder
 
@@ -75,15 +76,9 @@ def find_run_dirs(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _kind(mode: int) -> str:
-    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "not a regular file")
-
-
 def _check_file(path: Path, info: os.stat_result) -> None:
     if not stat.S_ISREG(info.st_mode):
-        raise SkippedRun(f"{path.name} is {_kind(info.st_mode)}, not a regular file, so it is not read (in a run "
+        raise SkippedRun(f"{path.name} is {file_kind(info.st_mode)}, not a regular file, so it is not read (in a run "
                          "folder only the regular files training writes are); remove or replace it")
     if info.st_size > MAX_RUN_FILE_BYTES:
         raise SkippedRun(f"{path.name} is {info.st_size:,} bytes, more than training writes "

@@ -346,11 +346,11 @@ def input_image(ckpt: dict[str, Any], source: str, image: str | Path | None) -> 
     """
     from cnnctl.data.transforms import load_image
     from cnnctl.inference.evaluate import sample_images
-    from cnnctl.inference.predict import _not_regular
+    from cnnctl.inference.predict import not_regular
 
     spec = ckpt["input"]
     if image is not None:
-        problem = _not_regular(str(image))
+        problem = not_regular(str(image))
         if problem:
             raise DataError(f"{problem}; give an image file (PNG, JPEG, ...)", file=str(image), key="--image")
         size = (int(spec["size"][0]), int(spec["size"][1]))

@@ -52,6 +52,23 @@ def second_signal(signum: int) -> None:
     _on_second_signal(signum)
 
 
+def install_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:
+    """Send SIGINT and SIGTERM to ``handler``; returns the handlers it replaced, for ``restore_handlers``. Off the
+    main thread, where Python allows no handler, nothing changes and nothing is returned."""
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    """Put back the handlers ``install_handlers`` replaced, and forget them."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    previous.clear()
+
+
 def _note(signum: int, frame: Any) -> None:
     if _received:  # a second signal: the caller wants out now
         second_signal(signum)
@@ -68,14 +85,10 @@ def check() -> None:
 @contextlib.contextmanager
 def stop_on_signal() -> Iterator[None]:
     """Hold SIGINT and SIGTERM for ``check()`` while the block runs; the previous handlers come back after it."""
-    previous: dict[int, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
-            previous[sig] = signal.signal(sig, _note)
+    previous = install_handlers(_note)
     try:
         yield
         check()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_handlers(previous)
         _received.clear()

@@ -20,7 +20,7 @@ from typing import Any
 
 from cnnctl.config import Config, check_run_name, load_config, short_repr
 from cnnctl.errors import CnnctlError, Interrupted, TrainingError, UsageError, WriteError, first_line
-from cnnctl.interrupts import second_signal
+from cnnctl.interrupts import install_handlers, restore_handlers, second_signal
 from cnnctl.registry import did_you_mean
 from cnnctl.training.hooks import Hook
 from cnnctl.tune.report import format_value, report, trial_rows, update_summary, write_text
@@ -77,15 +77,11 @@ class _StopSignal:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = install_handlers(self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+        restore_handlers(self._previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:  # second signal: leave now

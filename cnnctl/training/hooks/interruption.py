@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.interrupts import second_signal
+from cnnctl.interrupts import install_handlers, restore_handlers, second_signal
 from cnnctl.training.hooks.base import Hook, log
 
 if TYPE_CHECKING:
@@ -25,9 +24,7 @@ class Interruption(Hook):
 
     def on_train_start(self, run: Run) -> None:
         self._run = run
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = install_handlers(self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         run = self._run
@@ -50,6 +47,4 @@ class Interruption(Hook):
             run.save("last.pt")
 
     def on_train_end(self, run: Run) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+        restore_handlers(self._previous)

@@ -37,7 +37,7 @@ from torch import nn
 from cnnctl.config import Config
 from cnnctl.errors import CheckpointError, DataError, UsageError, first_line
 from cnnctl.registry import Registry, did_you_mean
-from cnnctl.training.losses import create_loss
+from cnnctl.training.losses import create_loss, smoothed_one_hot
 
 FEW = 6  # values shown of each tensor
 TINY = 64  # parameters: a network this small has every number shown
@@ -63,11 +63,8 @@ class LossRule:
 
 
 def _smoothed_one_hot(label: int, classes: int, config: Config) -> torch.Tensor:
-    """One-hot, or with ``train.label_smoothing`` e: (1 - e) on the true class plus e/C on every class."""
-    eps = config.train.label_smoothing
-    y = torch.full((classes,), eps / classes, dtype=torch.float64)
-    y[label] += 1.0 - eps
-    return y
+    """One-hot, or with ``train.label_smoothing`` e: (1 - e) on the true class plus e/C on every class (float64)."""
+    return smoothed_one_hot(torch.tensor([label]), classes, config.train.label_smoothing, dtype=torch.float64)[0]
 
 
 LOSSES = Registry("loss")

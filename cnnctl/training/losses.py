@@ -21,10 +21,17 @@ LossName = Literal["cross_entropy", "mse"]
 LOSS_NAMES: tuple[str, ...] = ("cross_entropy", "mse")
 
 
-def smoothed_one_hot(target: torch.Tensor, num_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:
+def smoothed_one_hot(target: torch.Tensor, num_classes: int, label_smoothing: float = 0.0,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The target distribution torch's cross-entropy uses: 1 - eps + eps/C on the true class, eps/C elsewhere."""
-    y = F.one_hot(target, num_classes).float()
+    y = F.one_hot(target, num_classes).to(dtype)
     return y * (1 - label_smoothing) + label_smoothing / num_classes if label_smoothing else y
+
+
+def squared_errors(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """sum_i (softmax(z)_i - y_i)^2 for each image of the batch: the one formula of ``train.loss: mse``."""
+    p = torch.softmax(logits.float(), dim=1)
+    return (p - smoothed_one_hot(target, logits.shape[1], label_smoothing)).pow(2).sum(1)
 
 
 class SoftmaxMSELoss(nn.Module):
@@ -35,8 +42,7 @@ class SoftmaxMSELoss(nn.Module):
         self.label_smoothing, self.reduction = label_smoothing, reduction
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(logits.float(), dim=1)
-        per_image = (p - smoothed_one_hot(target, logits.shape[1], self.label_smoothing)).pow(2).sum(1)
+        per_image = squared_errors(logits, target, self.label_smoothing)
         return per_image.mean() if self.reduction == "mean" else per_image.sum()
 
 
@@ -44,7 +50,7 @@ def loss_sum(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     """The batch's summed loss for evaluation (no label smoothing), computed functionally: no module per call."""
     if name == "cross_entropy":
         return F.cross_entropy(logits, target, reduction="sum")
-    return (torch.softmax(logits, dim=1) - F.one_hot(target, logits.shape[1])).pow(2).sum()
+    return squared_errors(logits, target).sum()
 
 
 def create_loss(name: str, label_smoothing: float = 0.0, reduction: Literal["mean", "sum"] = "mean") -> nn.Module:

@@ -148,13 +148,17 @@ def preprocessing(spec: dict[str, Any]) -> str:
             f"(x - mean) / std with mean [{mean}], std [{std}]")
 
 
-def _label_index(label: str, classes: list[str]) -> int:
-    if label not in classes:
-        from cnnctl.registry import did_you_mean
+def label_index(text: str, classes: list[str], *, of: str = "the checkpoint's classes") -> int:
+    """``--label`` (predict, step): a class name, or an index into ``classes`` when no class has that name."""
+    if text in classes:
+        return classes.index(text)
+    if text.isdigit() and int(text) < len(classes):
+        return int(text)
+    from cnnctl.registry import did_you_mean
 
-        raise UsageError(f"--label {label!r} is not one of the checkpoint's classes{did_you_mean(label, classes)} "
-                         f"Classes: {', '.join(classes)}")
-    return classes.index(label)
+    shown = ", ".join(classes[:20]) + (f", ... ({len(classes)} classes)" if len(classes) > 20 else "")
+    raise UsageError(f"--label {text!r} is not one of {of}{did_you_mean(text, classes) or '.'} Give a class name or "
+                     f"an index 0..{len(classes) - 1}; the classes: {shown}")
 
 
 def predict_files(inputs: list[str], classes: list[str], *, spec: dict[str, Any], batch_size: int,
@@ -171,7 +175,7 @@ def predict_files(inputs: list[str], classes: list[str], *, spec: dict[str, Any]
     from cnnctl.insight.explain import explain_logits
 
     k = min(topk, len(classes))
-    fixed = _label_index(label, classes) if label is not None else None
+    fixed = label_index(label, classes) if label is not None else None
     steps = preprocessing(spec) if explain else ""
     results: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], torch.Tensor]] = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,63 +172,77 @@ def predict_files(inputs: list[str], classes: list[str], *, spec: dict[str, Any]
     on one batch in a second thread while this one decodes the next: decoding is Python-bound (PIL's parsing holds
     the GIL) and the forward pass is not (torch and onnxruntime release it), so the two overlap.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
-    from cnnctl.insight.explain import explain_logits
-
-    k = min(topk, len(classes))
-    fixed = label_index(label, classes) if label is not None else None
-    steps = preprocessing(spec) if explain else ""
+    fill = _Filler(classes, min(topk, len(classes)), explain=explain, labels_from_folders=labels_from_folders,
+                   fixed=label_index(label, classes) if label is not None else None,
+                   steps=preprocessing(spec) if explain else "")
     results: list[dict[str, Any]] = []
-    pending: list[tuple[dict[str, Any], torch.Tensor]] = []
-    running: tuple[list[dict[str, Any]], Future] | None = None  # the batch in the network, and its entries
-
-    def collect() -> None:
-        """Fill in the entries of the batch the network is running (waits for it)."""
-        nonlocal running
-        if running is None:
-            return
-        (entries, future), running = running, None
-        logits = future.result()
-        top = logits.softmax(1).topk(k, dim=1)
-        for entry, z, p, i in zip(entries, logits, top.values.tolist(), top.indices.tolist(), strict=True):
-            entry["topk"] = [{"class": classes[j], "index": j, "prob": q} for q, j in zip(p, i, strict=True)]
-            if explain:
-                truth = fixed
-                if labels_from_folders:
-                    folder = Path(entry["file"]).parent.name
-                    truth = classes.index(folder) if folder in classes else None
-                    if truth is None:
-                        entry["label_note"] = f"folder {folder!r} is not one of the classes; no loss shown"
-                entry["explain"] = {"preprocessing": steps, **explain_logits(z, classes, truth)}
-
-    def submit(pool: ThreadPoolExecutor) -> None:
-        nonlocal running
-        if not pending:
-            return
-        batch = torch.stack([t for _, t in pending])
-        entries = [entry for entry, _ in pending]
-        pending.clear()
-        collect()  # the batch before this one
-        running = (entries, pool.submit(logits_of, batch))
-
-    channels, size = int(spec["channels"]), (int(spec["size"][0]), int(spec["size"][1]))
+    running = None  # the batch in the network: its entries and the future of its logits
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnctl-predict") as pool:
-        for file, error in find_images(inputs):
-            entry: dict[str, Any] = {"file": file}
-            results.append(entry)
-            if error:
-                entry["error"] = error
-                continue
-            try:
-                pending.append((entry, load_image(file, channels, size)))
-            except CnnctlError as e:
-                entry["error"] = str(e)
-            if len(pending) >= batch_size:
-                submit(pool)
-        submit(pool)
-        collect()
+        for entries, batch in _batches(inputs, spec, batch_size, results):
+            future = pool.submit(logits_of, batch)
+            if running is not None:
+                fill(*running)  # the batch before this one, while this one runs
+            running = (entries, future)
+        if running is not None:
+            fill(*running)
     return results
+
+
+def _batches(inputs: list[str], spec: dict[str, Any], batch_size: int,
+             results: list[dict[str, Any]]) -> Iterator[tuple[list[dict[str, Any]], torch.Tensor]]:
+    """Decode ``inputs`` into batches of up to ``batch_size`` images, appending every file's entry to ``results``
+    (an unreadable one with its ``error``) in the order given."""
+    channels, size = int(spec["channels"]), (int(spec["size"][0]), int(spec["size"][1]))
+    pending: list[tuple[dict[str, Any], torch.Tensor]] = []
+    for file, error in find_images(inputs):
+        entry: dict[str, Any] = {"file": file}
+        results.append(entry)
+        if error:
+            entry["error"] = error
+            continue
+        try:
+            pending.append((entry, load_image(file, channels, size)))
+        except CnnctlError as e:
+            entry["error"] = str(e)
+        if len(pending) >= batch_size:
+            yield [e for e, _ in pending], torch.stack([t for _, t in pending])
+            pending = []
+    if pending:
+        yield [e for e, _ in pending], torch.stack([t for _, t in pending])
+
+
+@dataclass(frozen=True)
+class _Filler:
+    """Fills a batch's entries once its logits are back: the top ``k`` classes, and with ``explain`` the
+    arithmetic from logits to probabilities (and the loss, when the true class is known)."""
+
+    classes: list[str]
+    k: int
+    explain: bool
+    labels_from_folders: bool
+    fixed: int | None
+    steps: str
+
+    def __call__(self, entries: list[dict[str, Any]], future: Future) -> None:
+        from cnnctl.insight.explain import explain_logits
+
+        logits = future.result()
+        top = logits.softmax(1).topk(self.k, dim=1)
+        for entry, z, p, i in zip(entries, logits, top.values.tolist(), top.indices.tolist(), strict=True):
+            entry["topk"] = [{"class": self.classes[j], "index": j, "prob": q} for q, j in zip(p, i, strict=True)]
+            if self.explain:
+                entry["explain"] = {"preprocessing": self.steps, **explain_logits(z, self.classes, self._truth(entry))}
+
+    def _truth(self, entry: dict[str, Any]) -> int | None:
+        if not self.labels_from_folders:
+            return self.fixed
+        folder = Path(entry["file"]).parent.name
+        if folder not in self.classes:
+            entry["label_note"] = f"folder {folder!r} is not one of the classes; no loss shown"
+            return None
+        return self.classes.index(folder)
 
 
 def format_predictions(results: list[dict[str, Any]]) -> str:

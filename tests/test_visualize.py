@@ -20,17 +20,8 @@ from torch import nn
 
 from cnnctl.insight.attribution import named_layer
 from cnnctl.insight.plots import DPI
-from cnnctl.insight.visualize import (
-    FIGSIZE,
-    MAX_TILES,
-    capture_stages,
-    feature_tiles,
-    filter_tiles,
-    first_conv,
-    grid_shape,
-    mosaic,
-    stage_modules,
-)
+from cnnctl.insight.stages import capture_stages, first_conv, stage_modules
+from cnnctl.insight.visualize import FIGSIZE, MAX_TILES, feature_tiles, filter_tiles, grid_shape, mosaic
 
 
 @pytest.fixture(scope="module")

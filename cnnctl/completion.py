@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
 
 RUN_MARKER = "config.yaml"  # training writes it first: a folder holding it is a run directory
 # A Tab opens at most this many single folders in a row (a chain of 600 would otherwise be walked whole); the next
@@ -136,29 +136,15 @@ def _registry_names(dotted: str) -> list[str] | None:
     return None
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The config section class inside a field's annotation (``EarlyStoppingConfig | None`` included). A list
-    (``model.layers``) is a leaf: ``--set`` gives a list whole and cannot reach inside it."""
-    from pydantic import BaseModel
+def config_keys(fields: dict[str, FieldInfo] | None = None, prefix: str = "") -> dict[str, Any]:
+    """Every dotted key a config has (``optimizer.lr``, ``train.early_stopping.patience``) with its annotation. A
+    list (``model.layers``) is a leaf: ``--set`` gives a list whole and cannot reach inside it."""
+    from cnnctl.config import Config, fields_of
 
-    if typing.get_origin(annotation) in (list, tuple, dict):
-        return None
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> dict[str, Any]:
-    """Every dotted key a config has (``optimizer.lr``, ``train.early_stopping.patience``) with its annotation."""
-    if model is None:
-        from cnnctl.config import Config
-
-        model = Config
     keys: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        section = _model_of(field.annotation)
-        if section is not None:
+    for name, field in (Config.model_fields if fields is None else fields).items():
+        section = fields_of(field.annotation)
+        if section:
             keys.update(config_keys(section, f"{prefix}{name}."))
         else:
             keys[prefix + name] = field.annotation

@@ -163,7 +163,7 @@ def test_run_names_and_devices_are_checked_with_their_source():
 
 
 def test_long_values_are_cut_after_80_characters():
-    from cnnctl.config import _cut
+    from cnnctl.config import clip as _cut
 
     assert _cut("x" * 80) == "x" * 80
     assert _cut("x" * 81) == "x" * 80 + "... (81 characters)"
@@ -190,14 +190,11 @@ def test_an_installed_package_never_takes_the_configs_beside_it(tmp_path, monkey
     # pyproject.toml there), so the bundled folder is the package's own (missing), never the stranger's
     import importlib.resources
 
-    import cnnctl.config
-
     site = tmp_path / "site-packages"
     (site / "cnnctl").mkdir(parents=True)
     (site / "configs").mkdir()
     (site / "configs" / "theirs.yaml").write_text("a: 1\n")
-    monkeypatch.setattr(importlib.resources, "files", lambda package: site / "cnnctl")
-    monkeypatch.setattr(cnnctl.config, "__file__", str(site / "cnnctl" / "config.py"))
+    monkeypatch.setattr(importlib.resources, "files", lambda package: site / "cnnctl")  # where the package is
     assert bundled_dir() == site / "cnnctl" / "configs"
     (site / "pyproject.toml").write_text("[project]\nname = 'cnnctl'\n")  # a source checkout: its top-level configs/
     assert bundled_dir() == site / "configs"
@@ -256,7 +253,7 @@ def test_a_yaml_error_without_a_place_or_a_problem_still_reads_well():
     # PyYAML's own errors always carry both; these are the fallbacks for any other YAMLError
     import yaml
 
-    from cnnctl.config import _yaml_problem
+    from cnnctl.config.safe_yaml import yaml_problem as _yaml_problem
 
     assert _yaml_problem(yaml.MarkedYAMLError(problem="bad thing"), "") == "bad thing"
     assert _yaml_problem(yaml.MarkedYAMLError(context="while reading"), "") == "while reading"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnctl.config import DataConfig
+from cnnctl.config import DataConfig, clip
 from cnnctl.data.base import DataBundle, TensorSplit
 from cnnctl.errors import DataError
 from cnnctl.io import removing_new_folders
@@ -33,7 +33,7 @@ def _open(cls: type, cfg: DataConfig, train: bool) -> Any:
         reason = " ".join(str(e).split()) or type(e).__name__
         if not cfg.download and isinstance(e, RuntimeError) and "not found" in reason:
             reason = "not found (and data.download is false)"
-        reason = reason if len(reason) <= 300 else reason[:300] + "..."
+        reason = clip(reason, 300)
         raise DataError(_missing_help(cls, cfg, reason), key="data.root") from None
 
 

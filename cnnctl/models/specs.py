@@ -208,13 +208,10 @@ KINDS: tuple[str, ...] = tuple(Layer.model_fields)
 
 def _keys_at(loc: tuple[Any, ...]) -> list[str]:
     """The keys valid at ``loc`` inside a layer (kinds at the top, a kind's arguments below it)."""
-    model: Any = Layer
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        annotation = model.model_fields[part].annotation
-        model = next(c for c in (annotation, *annotation.__args__) if isinstance(c, type) and issubclass(c, BaseModel))
-    return list(model.model_fields)
+    # inside the function: the config package imports this module for Layer
+    from cnnctl.config.fields import annotation_at, fields_of
+
+    return list(fields_of(annotation_at(Layer, loc)))
 
 
 def as_layers(items: list[Any]) -> list[Layer]:

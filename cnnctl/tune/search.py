@@ -11,7 +11,6 @@ import contextlib
 import logging
 import math
 import re
-import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from typing import Any
 
 from cnnctl.config import Config, check_run_name, load_config, short_repr
 from cnnctl.errors import CnnctlError, Interrupted, TrainingError, UsageError, WriteError, first_line
-from cnnctl.interrupts import install_handlers, restore_handlers, second_signal
 from cnnctl.registry import did_you_mean
 from cnnctl.training.hooks import Hook
 from cnnctl.tune.report import format_value, report, trial_rows, update_summary, write_text
@@ -33,6 +31,7 @@ from cnnctl.tune.space import (
     trial_config,
     yaml_value,
 )
+from cnnctl.tune.stopping import StopSignal, interrupted_error, tune_command
 from cnnctl.tune.study import METHODS, check_storage, import_optuna, make_pruner, make_sampler, mask, open_study
 
 log = logging.getLogger("cnnctl.tune")
@@ -64,45 +63,12 @@ class _TrialFailed(Exception):
     """A trial whose run raised CnnctlError: optuna marks it failed and the study goes on."""
 
 
-class _StopSignal:
-    """SIGINT/SIGTERM while the trials run: the first stops the search, a second quits at once (as in training).
-
-    The handler only notes the signal, so no optuna or storage call is cut short: no trial starts after it, and a
-    trial being set up is stopped at its first step (``_Pruning``). Inside training the engine's ``Interruption``
-    hook holds the signals itself: it saves last.pt after the current step and ``train`` raises ``Interrupted``.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignal:
-        self._previous = install_handlers(self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        restore_handlers(self._previous)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # second signal: leave now
-            second_signal(signum)
-            return
-        self.signum = signum
-        log.warning("%s received: stopping the search and saving the study (press Ctrl-C again to quit at once)",
-                    signal.Signals(signum).name)
-
-    def after_trial(self, study: Any, trial: Any) -> None:
-        """An optuna callback: no trial starts after a signal."""
-        if self.signum is not None:
-            study.stop()
-
-
 class _Pruning(Hook):
     """A training hook: sees each epoch's metrics row of one trial, reports the metric to optuna and, when the
     pruner says so, stops the run with a sentence (as early stopping would). It also hands a signal that came
     before training held the signals to the run, which the ``Interruption`` hook (after it) then saves and stops."""
 
-    def __init__(self, trial: Any, metric: str, stop: _StopSignal) -> None:
+    def __init__(self, trial: Any, metric: str, stop: StopSignal) -> None:
         self.trial, self.metric, self.stop = trial, metric, stop
         self.rows: list[dict[str, Any]] = []
         self.reason: str | None = None
@@ -137,7 +103,7 @@ class _Objective:
     """One trial: the base config with the trial's values, trained to its end, a pruning decision, or a failure."""
 
     def __init__(self, study: Any, params: list[Param], base: dict[str, Any], source: str, study_dir: Path,
-                 metric: str, direction: str, stop: _StopSignal) -> None:
+                 metric: str, direction: str, stop: StopSignal) -> None:
         self.study, self.params, self.base, self.source = study, params, base, source
         self.study_dir, self.metric, self.direction, self.stop = study_dir, metric, direction, stop
         self.interrupted: int | None = None  # the number of the trial a signal stopped
@@ -194,7 +160,7 @@ class _Objective:
         """Record a trial a signal stopped. Optuna marks it failed, not pruned: samplers (TPE) learn from a pruned
         trial that its values are bad and the pruner's medians read its curve, while a signal says nothing about
         the values; a failed trial is left out of both. The user attribute ``interrupted`` tells it from a real
-        failure: trials.csv's state, the --trials count (``_counted``), the retry (``_queue_retry``)."""
+        failure: trials.csv's state, the --trials count (``_counted``), the retry (``queue_retry``)."""
         name = signal.Signals(signum).name
         self._record(trial, run_dir, rows, seconds, None)
         trial.set_user_attr("interrupted", name)
@@ -290,61 +256,6 @@ class _StopAtTotal:
             study.stop()
 
 
-def _queue_retry(optuna: Any, study: Any, number: int) -> None:
-    """Queue interrupted trial ``number`` to run first when the search resumes, with the same values (and grid
-    point: its system attributes go with it, as optuna's RetryFailedTrialCallback does)."""
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    study.add_trial(optuna.trial.create_trial(
-        state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs={**trial.system_attrs, "cnnctl_retry_of": number}))
-
-
-def _save_in_memory(optuna: Any, study: Any, study_dir: Path) -> str:
-    """Copy an in-memory study to STUDY_DIR/study.db, named as its folder, so the search can be resumed; its URL."""
-    db = study_dir / "study.db"
-    url = f"sqlite:///{db}"
-    try:
-        copy = optuna.create_study(storage=url, study_name=study_dir.name, direction=study.direction)
-        for key, value in study.user_attrs.items():
-            copy.set_user_attr(key, value)
-        copy.add_trials(study.get_trials(deepcopy=False))
-    except Exception as e:  # sqlalchemy's errors: a full disk, a folder made read-only meanwhile
-        raise WriteError(str(db), first_line(e)) from None
-    return url
-
-
-def _interrupted(optuna: Any, study: Any, signum: int, trial: int | None, storage: str | None, study_dir: Path,
-                 command: list[str]) -> Interrupted:
-    """The study saved for a resume (the interrupted trial queued again, an in-memory study written to a SQLite
-    file) and the error that says how to resume it; a study that cannot be saved is said so, still 128 + signal."""
-    if trial is not None:
-        _queue_retry(optuna, study, trial)
-    try:
-        url = storage or _save_in_memory(optuna, study, study_dir)
-    except WriteError as e:
-        log.warning("%s; the search cannot be resumed, only run again", e)
-        return Interrupted(signum)
-    name = study_dir.name if storage is None else study.study_name
-    words = [*command, "--storage", mask(url) or url, "--study", name]
-    saved = f"the study is saved in {mask(url)}"
-    if trial is not None:
-        saved += f"; trial {trial} is marked interrupted and runs again first"
-    if mask(url) != url:
-        saved += " (put the storage's password back in the command)"
-    return Interrupted(signum, shlex.join(words), saved=saved)
-
-
-def _tune_command(config: str, space: str, overrides: list[str] | None, flags: dict[str, Any]) -> list[str]:
-    """``cnnctl tune`` with the arguments given (``flags``: None and False left out, True a bare flag)."""
-    words = ["cnnctl", "tune", config, "--space", space]
-    for override in overrides or []:
-        words += ["--set", override]
-    for flag, value in flags.items():
-        if value is not None and value is not False:
-            words += [flag] if value is True else [flag, str(value)]
-    return words
-
-
 def _run_trials(study: Any, objective: _Objective, budget: int | None, timeout: float | None,
                 total: int | None) -> int | None:
     """Run the trials until the budget, the timeout or a signal; the signal's number, or None."""
@@ -372,7 +283,7 @@ def _search(optuna: Any, study: Any, objective: _Objective, method: str, total: 
     with objective.stop:  # held until the study is saved: a second signal quits at once
         signum = _run_trials(study, objective, budget, timeout, total)
         if signum is not None:
-            raise _interrupted(optuna, study, signum, objective.interrupted, storage, objective.study_dir, command)
+            raise interrupted_error(optuna, study, signum, objective.interrupted, storage, objective.study_dir, command)
 
 
 def _total_trials(method: str, params: list[Param], trials: int | None, timeout: float | None) -> int | None:
@@ -430,8 +341,8 @@ def run_tune(config: str, space: str, *, overrides: list[str] | None = None, tri
     study_dir = _study_dir(Path(out or base_cfg.out), study_name, shared=storage is not None)
     write_text(study_dir / "space.yaml", space_path.read_text(encoding="utf-8"))
 
-    objective = _Objective(the_study, params, base, str(config_path), study_dir, metric, direction, _StopSignal())
-    command = _tune_command(config, space, overrides, {
+    objective = _Objective(the_study, params, base, str(config_path), study_dir, metric, direction, StopSignal())
+    command = tune_command(config, space, overrides, {
         "--method": method, "--metric": metric, "--trials": trials, "--timeout": timeout, "--no-prune": not prune,
         "--ensemble-top": ensemble_top or None, "--seed": seed or None, "--out": out})
     _search(optuna, the_study, objective, method, total, timeout, storage, command)

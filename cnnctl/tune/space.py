@@ -20,7 +20,6 @@ import itertools
 import logging
 import math
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,7 +40,18 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from cnnctl.config import Config, apply_overrides, bundled_spaces, read_yaml, short_repr, validate_config
+from cnnctl.config import (
+    Config,
+    UnknownKey,
+    apply_overrides,
+    bundled_spaces,
+    clip,
+    field_at,
+    fields_of,
+    read_yaml,
+    short_repr,
+    validate_config,
+)
 from cnnctl.errors import CnnctlError, ConfigError, ShapeError
 from cnnctl.registry import did_you_mean
 
@@ -311,8 +321,8 @@ def load_space(path: Path, base: dict[str, Any], source: str, *, grid: bool) -> 
         for value in p.probes():
             problem = _config_problem(base, {p.key: value})
             if problem and not _any_valid(base, {p.key: value}, others):
-                raise ConfigError(f"{_clip(p.describe())}: the config refuses {p.key}={_shown(value)} whatever the "
-                                  f"space's other values: {_clip(problem, 400)}", file=str(path), key=p.key)
+                raise ConfigError(f"{clip(p.describe(), 120)}: the config refuses {p.key}={_shown(value)} whatever the "
+                                  f"space's other values: {clip(problem, 400)}", file=str(path), key=p.key)
     numeric = [p for p in params if p.kind != "choice"]
     choices = [p for p in params if p.kind == "choice"]
     for end, pick in (("lowest", 0), ("highest", -1)):
@@ -320,7 +330,7 @@ def load_space(path: Path, base: dict[str, Any], source: str, *, grid: bool) -> 
         problem = _config_problem(base, ends)
         if problem and not _any_valid(base, ends, choices):
             raise ConfigError(f"the config ({source}) refuses the {end} values of the space's ranges together "
-                              f"({_clip(' '.join(overrides_for(ends)), 400)}): {_clip(problem, 400)}", file=str(path))
+                              f"({clip(' '.join(overrides_for(ends)), 400)}): {clip(problem, 400)}", file=str(path))
     return params
 
 
@@ -397,54 +407,33 @@ def _format_distribution_error(error: ValidationError, path: Path, key: str, kin
     return "\n".join(dict.fromkeys(lines))
 
 
-def _clip(text: str, limit: int = 120) -> str:
-    """A message part cut to ``limit`` characters: a huge value in a space file never makes a huge message."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _shown(value: Any) -> str:
-    return _clip(yaml_value(value), 60)
+    """A value as a space file would write it, cut short: a huge value never makes a huge message."""
+    return clip(yaml_value(value), 60)
 
 
 # ---------------------------------------------------------------- the config schema
 
 
-def _section(annotation: Any) -> type[BaseModel] | None:
-    """The section model in a field's annotation (``EarlyStoppingConfig | None`` -> EarlyStoppingConfig)."""
-    for a in (annotation, *typing.get_args(annotation)):
-        if isinstance(a, type) and issubclass(a, BaseModel):
-            return a
-    return None
-
-
 def _is_section(key: str) -> bool:
-    model: type[BaseModel] | None = Config
-    for part in key.split("."):
-        field = model.model_fields.get(part) if model else None
-        if field is None:
-            return False
-        model = _section(field.annotation)
-    return model is not None
+    """Whether a space's nested mapping at ``key`` is a config section to flatten, not a distribution."""
+    try:
+        return bool(fields_of(field_at(Config, key).annotation))
+    except UnknownKey:
+        return False
 
 
 def config_field(path: Path, key: str) -> FieldInfo:
     """The pydantic field a dotted key names; an unknown part is an error with the closest name at its level."""
-    model: type[BaseModel] | None = Config
-    parts = key.split(".")
-    field = None
-    for i, part in enumerate(parts):
-        where = ".".join(parts[:i])
-        if model is None:
-            raise ConfigError(f"{where} is a value, not a section; it has no key {part!r}", file=str(path), key=key)
-        fields = model.model_fields
-        if part not in fields:
-            section = f"{where} takes" if where else "sections and keys of a config"
-            raise ConfigError(f"unknown config key{did_you_mean(part, fields)} ({section}: {', '.join(fields)})",
-                              file=str(path), key=key)
-        field = fields[part]
-        model = _section(field.annotation)
-    assert field is not None
-    return field
+    try:
+        return field_at(Config, key)
+    except UnknownKey as e:
+        if e.valid is None:
+            raise ConfigError(f"{e.where} is a value, not a section; it has no key {e.part!r}", file=str(path),
+                              key=key) from None
+        section = f"{e.where} takes" if e.where else "sections and keys of a config"
+        raise ConfigError(f"unknown config key{did_you_mean(e.part, e.valid)} ({section}: {', '.join(e.valid)})",
+                          file=str(path), key=key) from None
 
 
 def _field_adapter(field: FieldInfo) -> TypeAdapter[Any]:
@@ -465,7 +454,7 @@ def _check_field_type(path: Path, key: str, field: FieldInfo, dist: _Distributio
             errors = e.errors()
         reason = errors[-1]["msg"]
         if not numeric:
-            raise ConfigError(f"{_clip(dist.describe())}: {key} cannot be {_shown(value)}: {_clip(reason)}",
+            raise ConfigError(f"{clip(dist.describe(), 120)}: {key} cannot be {_shown(value)}: {clip(reason, 120)}",
                               file=str(path), key=key)
         if any(err["type"] in _RANGE_ERRORS for err in errors):
             reason = next(err["msg"] for err in errors if err["type"] in _RANGE_ERRORS)

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnctl.errors import CnnctlError, ExportError, UsageError, WriteError, first_line
+from cnnctl.errors import CnnctlError, ExportError, UsageError, first_line
 from cnnctl.inference import onnxrt
 from cnnctl.inference.onnxrt import INSTALL_HINT, Runner, run_batched, softmax
+from cnnctl.io import writing
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,8 @@ def export(checkpoint: str | Path, *, format: str = "onnx", output: str | Path |
         raise ExportError(
             f"the exported model does not compute what the PyTorch model does ({report['text']}); nothing was "
             f"written. Try another --opset{' or --format torchscript' if format == 'onnx' else ''}", file=str(source))
-    try:
+    with writing(target.parent, note="give -o a writable folder or file"):
         target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WriteError(str(target.parent), e.strerror or str(e), note="give -o a writable folder or file") from None
     atomic_write(target, lambda f: f.write(data))
     log.info("wrote %s (%.1f MB)", target, len(data) / 1e6)
     return {"path": str(target), "format": format, "exporter": exporter, "max_abs_diff": report["max_abs_diff"],

@@ -13,7 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cnnctl.config.text import clip
 from cnnctl.errors import CnnctlError, DataError, UsageError
+from cnnctl.io import writing
 from cnnctl.registry import did_you_mean
 
 DPI = 100
@@ -46,12 +48,8 @@ def save_figure(fig: Any, path: Path) -> Path:
     from cnnctl.training.checkpoint import atomic_write
 
     path = Path(path)
-    try:
+    with writing(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        from cnnctl.errors import WriteError
-
-        raise WriteError(str(path.parent), e.strerror or str(e)) from None
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
     return path
 
@@ -115,7 +113,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
 
 def _short_header(header: list[str]) -> str:
     """A CSV header as the message shows it: its first few columns, quoted."""
-    shown = ", ".join(repr(c[:40]) for c in header[:8]) + (", ..." if len(header) > 8 else "")
+    shown = ", ".join(clip(c, 40, quoted=True) for c in header[:8]) + (", ..." if len(header) > 8 else "")
     return shown or "empty"
 
 

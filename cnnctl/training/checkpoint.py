@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import CheckpointError, WriteError, first_line
+from cnnctl.errors import CheckpointError, first_line
+from cnnctl.io import writing
 
 FORMAT = 1
 REQUIRED_KEYS = ("format", "config", "classes", "input", "model")
@@ -45,22 +46,19 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], *, binary: bool
     """Write ``path`` through ``write(fileobj)`` atomically; a failure leaves the old file and raises WriteError."""
     path = Path(path)
     tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; the file gets what open() would give it
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            _remove_quietly(tmp)
-        raise WriteError(str(path), e.strerror or first_line(e), note="the previous file, if any, is intact") from None
-    except BaseException:
-        if tmp is not None:
-            _remove_quietly(tmp)
-        raise
+    with writing(path, note="the previous file, if any, is intact"):
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; the file gets what open() would give it
+            with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # an OSError too: writing() makes it a WriteError once the temporary file is gone
+            if tmp is not None:
+                _remove_quietly(tmp)
+            raise
     _fsync_dir(path.parent)
 
 
@@ -104,9 +102,33 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a cnnctl checkpoint; every failure is a one-line CheckpointError."""
+    path = Path(path)
+    data = read_torch_file(path)
+    if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
+        missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
+        raise CheckpointError(
+            f"not a cnnctl checkpoint (missing {', '.join(missing)}); a bare state_dict cannot say which network "
+            "and data it belongs to", file=str(path))
+    fmt = data["format"]
+    if not isinstance(fmt, int) or fmt > FORMAT:
+        raise CheckpointError(
+            f"written by a newer cnnctl (checkpoint format {fmt}; this cnnctl reads up to {FORMAT}); upgrade cnnctl",
+            file=str(path))
+    problem = input_problem(data["input"])
+    if problem:
+        raise CheckpointError(f"{problem}; the checkpoint was edited or damaged, use one written by `cnnctl train`",
+                              file=str(path), key="input")
+    problem = weights_problem(data["model"])
+    if problem:
+        raise CheckpointError(problem, file=str(path), key="model")
+    return data
+
+
+def read_torch_file(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing, empty, unsafe or corrupt file is a one-line
+    CheckpointError naming it. What the file holds is the caller's to check."""
     import torch
 
-    path = Path(path)
     if path.is_dir():
         raise CheckpointError("is a directory; give a .pt file such as best.pt or last.pt", file=str(path))
     try:
@@ -132,23 +154,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 "not a PyTorch checkpoint, or truncated: it is not the zip archive torch.save writes",
                 file=str(path)) from None
         raise CheckpointError(f"truncated or corrupt checkpoint ({first_line(e)[:160]})", file=str(path)) from None
-    if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
-        missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
-        raise CheckpointError(
-            f"not a cnnctl checkpoint (missing {', '.join(missing)}); a bare state_dict cannot say which network "
-            "and data it belongs to", file=str(path))
-    fmt = data["format"]
-    if not isinstance(fmt, int) or fmt > FORMAT:
-        raise CheckpointError(
-            f"written by a newer cnnctl (checkpoint format {fmt}; this cnnctl reads up to {FORMAT}); upgrade cnnctl",
-            file=str(path))
-    problem = input_problem(data["input"])
-    if problem:
-        raise CheckpointError(f"{problem}; the checkpoint was edited or damaged, use one written by `cnnctl train`",
-                              file=str(path), key="input")
-    problem = weights_problem(data["model"])
-    if problem:
-        raise CheckpointError(problem, file=str(path), key="model")
     return data
 
 
@@ -156,7 +161,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# The largest side an input may have: data.image_size's bound in cnnctl/config.py. A 40000x40000 size in an exported
+# The largest side an input may have: data.image_size's bound in cnnctl/config/schema.py. A 40000x40000 size in an exported
 # file's metadata made predict allocate 6.4 GB per image.
 MAX_SIDE = 4096
 

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from cnnctl.errors import UsageError, WriteError
+from cnnctl.errors import UsageError
+from cnnctl.io import writing
 
 try:
     import fcntl
@@ -154,10 +155,8 @@ class RunLock:
         if fcntl is None and msvcrt is None:
             log.warning("%s: this system offers no file lock; nothing stops a second process writing this run",
                         self.run_dir)
-        try:
+        with writing(self.path, note="the run directory must be writable"):
             fd = _open_lock(self.path, os.O_RDWR | os.O_CREAT)  # never O_TRUNC: the holder's pid is in it
-        except OSError as e:
-            raise WriteError(str(self.path), e.strerror or str(e), note="the run directory must be writable") from None
         deadline = time.monotonic() + RETRY_SECONDS
         while not _try_lock(fd, exclusive=True):
             if time.monotonic() >= deadline:
@@ -169,14 +168,15 @@ class RunLock:
                     "checkpoints and metrics. Wait for it to finish (`cnnctl runs` shows it as running), stop it, or "
                     "start a new run (--name)", file=str(self.run_dir))
             time.sleep(0.01)
-        try:
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        except OSError as e:
-            _unlock(fd)
-            os.close(fd)
-            raise WriteError(str(self.path), e.strerror or str(e)) from None
+        with writing(self.path):
+            try:
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+            except OSError:
+                _unlock(fd)
+                os.close(fd)
+                raise
         self._fd = fd
         return self
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.config import Config, check_run_name, load_config, short_repr
-from cnnctl.errors import CnnctlError, Interrupted, TrainingError, UsageError, WriteError, first_line
+from cnnctl.errors import CnnctlError, Interrupted, TrainingError, UsageError, first_line
+from cnnctl.io import writing
 from cnnctl.registry import did_you_mean
 from cnnctl.training.hooks import Hook
 from cnnctl.tune.report import format_value, report, trial_rows, update_summary, write_text
@@ -299,10 +300,8 @@ def _study_dir(out_root: Path, name: str, *, shared: bool) -> Path:
     if not shared:
         return _new_study_dir(out_root, name)
     path = out_root / name
-    try:
+    with writing(path, note="give --out a writable folder"):
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WriteError(str(path), e.strerror or first_line(e), note="give --out a writable folder") from None
     return path
 
 

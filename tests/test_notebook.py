@@ -1,5 +1,6 @@
-"""docs/notebook.ipynb, stored without outputs, runs top to bottom in a real Jupyter kernel (nbclient) against this
-checkout: train, curves, two optimizers, evaluate, predict, visualize, a ConfigError."""
+"""docs/notebook.ipynb, stored executed (the site and GitHub show its plots; scripts/run_notebook.py stores it), runs
+top to bottom in a real Jupyter kernel (nbclient) against this checkout: train, curves, two optimizers, evaluate,
+predict, visualize, a ConfigError; the fresh run gives the stored kinds of output, cell by cell."""
 
 from __future__ import annotations
 
@@ -14,10 +15,22 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "docs" / "notebook.ipynb"
 
 
-def test_notebook_is_stored_without_outputs():
+def output_kinds(cells) -> list[list[str]]:
+    """Per code cell, the kind of each output: ``stream:stdout``, ``image/png``, ... (stderr left out: progress)."""
+    kinds = []
+    for cell in (c for c in cells if c["cell_type"] == "code"):
+        kinds.append([f"stream:{o['name']}" if o["output_type"] == "stream" else "+".join(sorted(o.get("data", {})))
+                      for o in cell["outputs"] if o.get("name") != "stderr"])
+    return kinds
+
+
+def test_notebook_is_stored_executed_in_order():
     nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    assert code and [c["execution_count"] for c in code] == list(range(1, len(code) + 1))
+    assert all(c["outputs"] for c in code)  # every cell shows something
+    assert not any(o.get("name") == "stderr" for c in code for o in c["outputs"])  # no stored progress bars
+    assert sum("image/png" in o.get("data", {}) for c in code for o in c["outputs"]) >= 3
 
 
 @pytest.mark.slow
@@ -55,3 +68,5 @@ def test_notebook_executes(tmp_path):
     assert "ensemble" in text(outputs[4]) and "true class" in text(outputs[5])
     assert "optimizer.name" in text(outputs[-1]) and "adam" in text(outputs[-1])
     assert any(Path(tmp_path).glob("cnnctl-notebook-*/sgd/best.pt"))  # the runs went where the notebook said
+    stored = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
+    assert output_kinds(nb.cells) == output_kinds(stored)  # the stored outputs are what this code gives

@@ -143,7 +143,7 @@ def attribution_maps(model: nn.Module, x: torch.Tensor, target: int, *, layer: s
 
 
 TITLES = {
-    "gradcam": "Grad-CAM on {layer}: where the last conv stage's evidence for {cls!r} is",
+    "gradcam": "Grad-CAM on {layer}: where this layer's evidence for {cls!r} is",
     "occlusion": "Occlusion: how much hiding this patch (mean colour) lowers p({cls!r})",
     "saliency": "Saliency: |d score({cls!r}) / d pixel|",
 }

@@ -112,15 +112,16 @@ def config_for(root: Path, channels: int, model: dict, cache: str, epochs: int, 
 
 def train_epochs(cfg: Config, tensors: DataBundle | None = None) -> list[float]:
     """Per-epoch training seconds of ``cnnctl.training.run.train(cfg)``; ``tensors``: train from this bundle instead."""
-    import cnnctl.training.run as run_module
+    import cnnctl.training.assembly as assembly
+    from cnnctl.training.run import train
 
-    original = run_module.load_data
+    original = assembly.load_data
     if tensors is not None:  # the same pixels as an in-memory dataset, through the same run assembly
-        run_module.load_data = lambda *_args, **_kw: tensors
+        assembly.load_data = lambda *_args, **_kw: tensors
     try:
-        summary = run_module.train(cfg)
+        summary = train(cfg)
     finally:
-        run_module.load_data = original
+        assembly.load_data = original
     rows = list(csv.DictReader((Path(summary["run_dir"]) / "metrics.csv").open()))
     shutil.rmtree(summary["run_dir"], ignore_errors=True)
     return [float(r["epoch_seconds"]) for r in rows]

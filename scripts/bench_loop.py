@@ -30,7 +30,7 @@ from cnnctl.config import Config, resolve_run
 from cnnctl.data.base import DataBundle, TensorSplit
 from cnnctl.runtime import tune_cpu_allocator
 from cnnctl.training.engine import fit
-from cnnctl.training.run import build_run, finish
+from cnnctl.training.run import Trackers, build_run, finish
 
 CASES = {
     # name: (arch, channels, side, samples, batch)
@@ -61,24 +61,25 @@ def config_for(arch: str, batch: int, epochs: int, device: str, record_every: in
 
 def run_cnnctl(cfg: Config, split: TensorSplit, out: Path) -> tuple[float, list[float]]:
     """Wall time of fit and its per-epoch training seconds (``train.compile`` honoured as ``cnnctl train`` does)."""
-    import cnnctl.training.run as run_module
+    import cnnctl.training.assembly as assembly
 
     # The bench feeds its own tensors through the real loader: swap load_data for one returning them.
-    original = run_module.load_data
+    original = assembly.load_data
 
     def load(_cfg, _seed, **_kw):
         return DataBundle("bench", [str(i) for i in range(10)], split.images.shape[1], tuple(split.images.shape[2:]),
                           [0.0] * split.images.shape[1], [1.0] * split.images.shape[1], split, None, None)
 
-    run_module.load_data = load
+    assembly.load_data = load
     try:
         start = time.perf_counter()
-        run = build_run(resolve_run(cfg, out=str(out), name=f"run-{time.monotonic_ns()}").config)
+        trackers = Trackers.from_config(cfg)
+        run = build_run(resolve_run(cfg, out=str(out), name=f"run-{time.monotonic_ns()}").config, trackers=trackers)
         fit(run)
-        summary = finish(run, wall_seconds=time.perf_counter() - start)
+        summary = finish(run, trackers, wall_seconds=time.perf_counter() - start)
         wall = time.perf_counter() - start
     finally:
-        run_module.load_data = original
+        assembly.load_data = original
     import csv
 
     rows = list(csv.DictReader((Path(summary["run_dir"]) / "metrics.csv").open()))

@@ -1,24 +1,27 @@
 """cnnctl.training.checkpoint's public functions on hand-made files: every refusal of ``load_checkpoint`` with its words,
 the ``input`` block's checks, weights that do not fit the network, and what the atomic writes leave on disk.
 
-Fast (no training): each file is written here in the form the failure takes. ``scripts/mutation.sh checkpoint``
-runs this file.
+Fast (no training): each file is written here in the form the failure takes; a failure at each stage of an atomic
+write keeps the previous checkpoint. ``scripts/mutation.sh checkpoint`` runs this file, less its one test on a trained
+checkpoint (the session's ``world`` run) whose input block is edited.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import pickle
 import stat
+import tempfile
 import zipfile
 
 import pytest
 import torch
 from torch import nn
 
-from cnnctl.errors import CheckpointError, WriteError
+from cnnctl.errors import CheckpointError, CnnctlError, WriteError
 from cnnctl.training.checkpoint import (
     FORMAT,
     MAX_SIDE,
@@ -33,6 +36,7 @@ from cnnctl.training.checkpoint import (
     write_json,
     write_text,
 )
+from tests.conftest import error_line
 
 GOOD_INPUT = {"channels": 1, "size": [28, 28], "mean": [0.1307], "std": [0.3081]}
 
@@ -428,6 +432,13 @@ def test_a_non_finite_weight_says_what_to_do_instead():
                        "checkpoint of the run (best.pt), or train again with a lower optimizer.lr or train.grad_clip")
 
 
+def test_a_weight_name_is_shown_clipped_to_80_characters():
+    """A damaged or hand-made file's key can be of any length: the message shows its first 80 characters."""
+    name = "layer." * 20  # 120 characters
+    assert weights_problem({name: 1.5}) == (f"weight {name[:80]!r} is a float, not a tensor; the checkpoint was edited "
+                                            "or damaged")
+
+
 def test_integer_buffers_and_finite_weights_pass():
     net = nn.BatchNorm1d(3)  # num_batches_tracked is an int64 buffer
     assert weights_problem(net.state_dict()) is None
@@ -462,7 +473,7 @@ def test_input_sizes_are_bounded_as_data_image_size_is():
 @pytest.mark.parametrize("command", ["eval", "predict", "resume"])
 def test_nan_weights_are_refused_by_every_command_that_loads_them(cli, tmp_path, command):
     """Issue 23: eval printed "loss nan accuracy 10.03%" and exited 0. A resume names the file and says what to use."""
-    from tests.test_catch_mutations import linear_checkpoint
+    from tests.checkpoints import linear_checkpoint
 
     run = tmp_path / "runs" / "diverged"
     weight = torch.zeros(10, 64)
@@ -482,7 +493,7 @@ def test_nan_weights_are_refused_by_every_command_that_loads_them(cli, tmp_path,
 
 
 def test_integer_weights_are_refused_by_eval(cli, tmp_path):
-    from tests.test_catch_mutations import linear_checkpoint
+    from tests.checkpoints import linear_checkpoint
 
     path = linear_checkpoint(tmp_path / "best.pt", torch.ones(10, 64), torch.zeros(10))
     ckpt = torch.load(path, weights_only=True)
@@ -495,3 +506,122 @@ def test_integer_weights_are_refused_by_eval(cli, tmp_path):
     assert result.stderr.startswith(f"error: {path}: model: weight 'layers.1.weight' holds int64 values where the "
                                     "network has float32 (2 such weight(s)); the checkpoint was edited or damaged")
     assert "Traceback" not in result.output and result.stdout == ""
+
+
+# ---------------------------------------------------------------- atomic writes: a failure at any stage keeps the previous checkpoint
+
+
+def fake_checkpoint(step: int) -> dict:
+    """The smallest dict load_checkpoint accepts, with 80 kB of weights (more than one write buffer)."""
+    return {"format": FORMAT, "config": {}, "classes": [],
+            "input": {"channels": 1, "size": [8, 8], "mean": [0.5], "std": [0.25]}, "model": {"w": torch.full((20_000,), float(step))},
+            "step": step}
+
+
+class FailingFile:
+    """A file object that raises ENOSPC at one stage (``write`` after half the bytes, or ``flush``)."""
+
+    def __init__(self, real, stage: str) -> None:
+        self.real, self.stage = real, stage
+
+    def write(self, data):
+        if self.stage == "write":
+            view = memoryview(data).cast("B") if not isinstance(data, str) else data
+            self.real.write(view[: len(view) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.real.write(data)
+
+    def flush(self):
+        if self.stage == "flush":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.real.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.real.close()
+        except OSError:
+            pass
+
+
+STAGES = ["open", "write", "flush", "fsync", "replace"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_atomic_write_failure_at_every_stage_keeps_the_previous_checkpoint(tmp_path, monkeypatch, stage):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, fake_checkpoint(1))
+    calls = []
+
+    def fail(*args, **kwargs):
+        calls.append(stage)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if stage == "open":
+        monkeypatch.setattr(tempfile, "mkstemp", fail)
+    elif stage in ("write", "flush"):
+        real_fdopen = os.fdopen
+
+        def fdopen(*args, **kwargs):
+            calls.append(stage)
+            return FailingFile(real_fdopen(*args, **kwargs), stage)
+
+        monkeypatch.setattr(os, "fdopen", fdopen)
+    elif stage == "fsync":
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            if os.path.isfile(f"/proc/self/fd/{fd}") or not os.path.isdir(f"/proc/self/fd/{fd}"):
+                fail()
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+    else:
+        monkeypatch.setattr(os, "replace", fail)
+
+    # The open stage fails before any temporary file exists; today that OSError is not yet a CnnctlError.
+    expected = (CnnctlError, OSError) if stage == "open" else CnnctlError
+    with pytest.raises(expected) as info:
+        save_checkpoint(path, fake_checkpoint(2))
+    monkeypatch.undo()
+
+    assert calls, f"the {stage} stage was never reached: the injection point moved"
+    if isinstance(info.value, CnnctlError):
+        assert info.value.exit_code == 1
+        assert "last.pt" in str(info.value) and "No space left on device" in str(info.value)
+    survivor = load_checkpoint(path)  # not a 0-byte or half-written file
+    assert survivor["step"] == 1
+    assert torch.equal(survivor["model"]["w"], torch.full((20_000,), 1.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
+
+
+def test_atomic_write_success_replaces_the_whole_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    atomic_write(path, lambda f: f.write("old text, longer than the new one\n"), binary=False)
+    atomic_write(path, lambda f: f.write("new\n"), binary=False)
+    assert path.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+# ---------------------------------------------------------------- a trained checkpoint's input block, edited
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("std", [0.5, 0.0, 0.5], "input: std must be positive"),
+    ("size", [0, 12], "input: size must be [height, width] of positive integers"),
+    ("mean", [0.5], "input: mean must be 3 finite number(s)"),
+])
+def test_a_checkpoint_with_a_bad_input_block_is_refused_naming_it(world, cli, tmp_path, field, value, says):
+    ckpt = load_checkpoint(world / "runs" / "pets" / "best.pt")
+    ckpt["input"][field] = value
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(bad, ckpt)
+    for args in (["eval", bad], ["predict", world / "pets" / "cat", "-c", bad]):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        assert error_line(result).startswith(f"error: {bad}: {says}"), result.output

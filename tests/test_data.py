@@ -6,11 +6,13 @@ torchvision's included, with ``download: true`` and no network.
 
 from __future__ import annotations
 
+import math
 import shutil
 import struct
 import subprocess
 import sys
 import zlib
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -583,3 +585,40 @@ def test_eval_on_a_missing_data_root_removes_the_folders_its_failed_download_mad
     result = cli("eval", checkpoint, "--data-root", kept)
     assert result.exit_code == 2, result.output
     assert [p.name for p in kept.iterdir()] == ["notes.txt"] and (kept / "notes.txt").read_text() == "mine\n"
+
+
+# ---------------------------------------------------------------- the stratified split's leftover places
+
+
+def largest_remainder(counts: list[int], n_held: int) -> list[int]:
+    """Hamilton's apportionment of ``n_held`` over classes of ``counts`` (distinct remainders assumed)."""
+    n = sum(counts)
+    exact = [Fraction(c * n_held, n) for c in counts]
+    quota = [math.floor(e) for e in exact]
+    order = sorted(range(len(counts)), key=lambda i: exact[i] - quota[i], reverse=True)
+    for i in order[: n_held - sum(quota)]:
+        quota[i] += 1
+    return quota
+
+
+@pytest.mark.parametrize(("counts", "fraction"), [([7, 5, 3], 0.4), ([10, 7, 4], 0.3), ([9, 6, 2, 14], 0.35),
+                                                  ([11, 3, 8], 0.45)])
+def test_stratified_split_gives_leftover_places_to_the_largest_remainders(counts, fraction):
+    from cnnctl.data.base import TensorSplit, split_off, stratified_indices
+
+    labels = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))]
+    n_held = round(len(labels) * fraction)
+    expected = largest_remainder(counts, n_held)
+    remainders = sorted((Fraction(c * n_held, sum(counts)) % 1 for c in counts), reverse=True)
+    short = n_held - sum(math.floor(Fraction(c * n_held, sum(counts))) for c in counts)
+    assert 0 < short < len(counts) and remainders[short - 1] > remainders[short]  # which classes round up is unique
+    for seed in (0, 1, 2):
+        kept, held = stratified_indices(labels, fraction, seed)
+        assert torch.bincount(labels[held], minlength=len(counts)).tolist() == expected
+        assert sorted(torch.cat([kept, held]).tolist()) == list(range(len(labels)))
+    images = torch.arange(len(labels), dtype=torch.uint8)[:, None, None, None]
+    rest, part = split_off(TensorSplit(images, labels), fraction, 0)
+    assert torch.bincount(part.labels, minlength=len(counts)).tolist() == expected
+    assert torch.equal(labels[part.images.flatten().long()], part.labels)  # images and labels moved together
+    assert len(rest) + len(part) == len(labels)

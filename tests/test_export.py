@@ -23,6 +23,7 @@ from cnnctl.inference.export import TOLERANCE, ExportError, export, export_metad
 from cnnctl.inference.predict import onnx_predict
 from cnnctl.models.registry import MODELS, create_model
 from cnnctl.training.checkpoint import FORMAT, save_checkpoint
+from tests.conftest import error_line, snapshot
 from tests.datafiles import write_image_folder
 
 HAS_EXTRA = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
@@ -469,3 +470,18 @@ def test_a_graph_that_takes_no_images_is_refused(cli, onnx_file, tmp_path):
     assert result.stderr == (f"error: {tmp_path / 'flat.onnx'}: its input 'input' is tensor(float) ['batch', 10], not "
                              "float32 [batch, channels, height, width], so it is not an image classifier cnnctl can "
                              "run; export one with `cnnctl export CHECKPOINT`\n")
+
+
+# ---------------------------------------------------------------- --opset torch cannot write
+
+
+@pytest.mark.parametrize("opset", ["1", "6", "99"])
+def test_export_refuses_an_opset_torch_cannot_write(world, cli, opset):
+    pytest.importorskip("onnx")
+    run = world / "runs" / "pets"
+    before = snapshot(run)
+    result = cli("export", run, "--opset", opset)
+    assert result.exit_code == 2
+    assert error_line(result).startswith(f"error: --opset {opset}: torch.onnx ") and "writes opsets 7 to 23" in \
+        result.stderr
+    assert snapshot(run) == before, "nothing written"

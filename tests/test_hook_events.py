@@ -15,11 +15,10 @@ import pytest
 import torch
 
 from cnnctl import interrupts
-from cnnctl.errors import ConfigError, UsageError
+from cnnctl.errors import ConfigError
 from cnnctl.training import hooks
 from cnnctl.training.hooks import (
     ActivationStatsHook,
-    EarlyStopping,
     EpochCheckpoint,
     GradientRecorderHook,
     Hook,
@@ -34,7 +33,6 @@ from cnnctl.training.hooks import (
     first_layer_filters,
     hparam_values,
     optimizer_step_hooks,
-    resolve_mode,
     write_metrics,
 )
 from cnnctl.training.hooks import progress as progress_module
@@ -71,74 +69,6 @@ class State(SimpleNamespace):
 
 ROW = {"epoch": 3, "train_loss": 0.12345, "train_acc": 0.9876, "val_loss": 0.2, "val_acc": 0.95, "lr": 0.00123456,
        "epoch_seconds": 2.5}
-
-
-# ---------------------------------------------------------------- early stopping and the best metric, word for word
-
-
-def test_refusals_word_for_word():
-    with pytest.raises(UsageError) as info:
-        resolve_mode("val_loss", "up")
-    assert str(info.value) == "mode must be auto, min or max, not 'up'"
-    with pytest.raises(UsageError) as info:
-        EarlyStopping(patience=0)
-    assert str(info.value) == "patience must be at least 1, not 0"
-    assert EarlyStopping(patience=1).patience == 1
-
-
-def test_early_stopping_reasons_word_for_word():
-    es = EarlyStopping("val_loss", patience=2, min_delta=0.01)
-    assert es.monitor == "val_loss" and es.restore_best is True
-    assert [es.step(v, e) for e, v in enumerate([1.0, 0.995], 1)] == [(False, None), (False, None)]
-    assert es.step(0.999, 3) == (True, "val_loss did not improve by more than 0.01 for 2 epochs (best 1.0000 at "
-                                       "epoch 1); stopping at epoch 3.")
-    assert es.stopped_epoch == 3
-    es.restart_patience()
-    assert (es.wait, es.stopped_epoch) == (0, None)
-    nan = EarlyStopping("val_acc")
-    assert nan.step(math.inf, 4) == (True, "val_acc is inf at epoch 4; stopping.")
-    assert nan.stopped_epoch == 4
-    assert EarlyStopping("val_acc").step(math.nan, 4, last=True) == (False, None)
-
-
-def test_early_stopping_state_holds_its_count_and_its_stop():
-    es = EarlyStopping("val_acc", patience=3)
-    es.step(0.5, 1)
-    es.step(0.4, 2)
-    assert es.state_dict() == {"monitor": "val_acc", "mode": "max", "best": 0.5, "best_epoch": 1, "wait": 1,
-                               "patience": 3, "stopped_epoch": None}
-    fresh = EarlyStopping("val_acc", patience=3)
-    fresh.load_state_dict({"best": 0.5, "best_epoch": 1})  # a state from before wait was kept
-    assert (fresh.wait, fresh.stopped_epoch, fresh.tracker.best) == (0, None, 0.5)
-
-
-def test_early_stopping_tells_the_run_through_the_rank_broadcast():
-    broadcast = []
-    dist = SimpleNamespace(broadcast_reason=lambda reason: broadcast.append(reason) or reason)
-    es = EarlyStopping("val_loss", patience=1)
-    run = fake_run(dist=dist, epoch=1)
-    es.on_epoch_end(run, {"val_loss": 1.0})
-    run.epoch = 2
-    es.on_epoch_end(run, {"val_loss": 2.0})
-    assert broadcast == [None, "val_loss did not improve by more than 0.0 for 1 epochs (best 1.0000 at epoch 1); "
-                               "stopping at epoch 2."]
-    assert run.stop_reason == broadcast[-1]
-    last = fake_run(dist=dist, epoch=10)  # the configured last epoch: patience running out is no early stop
-    es.on_epoch_end(last, {"val_loss": 3.0})
-    assert last.stop_reason is None
-
-
-def test_the_best_metric_ignores_non_finite_values_and_counts_min_delta():
-    best = hooks.BestMetric("val_loss", min_delta=0.1)
-    assert not best.improves(math.nan) and not best.improves(True) and best.improves(5.0)
-    best.update(1.0, 1)
-    assert not best.improves(0.9) and best.improves(0.89)
-    up = hooks.BestMetric("val_acc", min_delta=0.1)
-    up.update(0.5, 1)
-    assert not up.improves(0.6) and up.improves(0.61)
-    run = fake_run(epoch=7)
-    up.on_epoch_end(run, {"val_acc": 0.9})
-    assert (up.best, up.best_epoch) == (0.9, 7)
 
 
 # ---------------------------------------------------------------- which hooks run on the hot path
@@ -473,14 +403,6 @@ def test_activation_statistics_state_and_summary(tmp_path):
                                                                                  "3": [{"layer": "b"}]}}
     again.load_state_dict({})
     assert again.by_epoch == {}
-
-
-def test_early_stoppings_defaults_are_the_configs():
-    from cnnctl.config import EarlyStoppingConfig
-
-    es, config = EarlyStopping(), EarlyStoppingConfig()
-    assert (es.monitor, es.tracker.mode, es.patience, es.tracker.min_delta, es.restore_best) == (
-        config.monitor, "min", config.patience, config.min_delta, config.restore_best) == ("val_loss", "min", 5, 0.0, True)
 
 
 def test_gradients_are_unscaled_only_on_the_recorded_steps(tmp_path):

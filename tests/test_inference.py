@@ -1,6 +1,7 @@
 """cnnctl.inference.evaluate through ``cnnctl eval`` and its public functions, on hand-made checkpoints (no training): the
 report's text, the mistakes and confused pairs against numbers computed here, the refusals, sampling images of a
-checkpoint's dataset. ``scripts/mutation.sh inference`` runs this file.
+checkpoint's dataset, an ensemble's numbers, top-5 from five classes on. ``scripts/mutation.sh inference`` runs this file,
+less its two tests of eval on other data (on the session's trained ``world`` run).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -23,13 +25,8 @@ from cnnctl.inference.evaluate import (
     sample_images,
     split_images,
 )
-from tests.test_catch_mutations import digits_split, linear_checkpoint, make_members, softmax64
-
-
-@pytest.fixture(scope="module")
-def members(tmp_path_factory):
-    """A good (least squares) and a poor (random) digits classifier, as hand-made checkpoints."""
-    return make_members(tmp_path_factory.mktemp("members"))
+from tests.checkpoints import digits_split, linear_checkpoint, softmax64
+from tests.conftest import error_line
 
 
 def expected_of(x, y, weight, bias):
@@ -416,3 +413,74 @@ def test_weights_that_do_not_fit_name_the_checkpoint(members, tmp_path):
     with pytest.raises(CnnctlError) as info:
         load_model(tmp_path / "cut.pt")
     assert str(info.value).startswith(f"{tmp_path / 'cut.pt'}: its weights do not match the network")
+
+
+# ---------------------------------------------------------------- an ensemble's numbers are those of the mean of its members' softmax
+
+
+def test_ensemble_accuracy_is_that_of_the_mean_of_softmax(cli, members):
+    x, y = digits_split("test")
+    probs = [softmax64(x, w, b) for _, w, b in members]
+    mean = torch.stack(probs).mean(0)
+    top2 = mean.topk(2, dim=1).values
+    assert float((top2[:, 0] - top2[:, 1]).min()) > 1e-5  # no near-tie that float32 could decide otherwise
+    expected = int((mean.argmax(1) == y).sum()) / len(y)
+    alone = [int((p.argmax(1) == y).sum()) / len(y) for p in probs]
+    assert expected not in alone  # the ensemble's number is its own: a member alone would not give it
+
+    result = cli("eval", members[0][0], members[1][0], "--json")
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    ensemble = report["ensemble"]
+    assert ensemble["n"] == len(y) == 359
+    assert ensemble["accuracy"] == expected
+    assert [m["accuracy"] for m in report["members"]] == alone
+    assert ensemble["loss"] == pytest.approx(float(-mean[torch.arange(len(y)), y].log().mean()), rel=1e-5)
+    top5 = int((mean.topk(5, dim=1).indices == y[:, None]).any(1).sum()) / len(y)
+    assert ensemble["top5"] == pytest.approx(top5, abs=1e-12)
+    confusion = torch.zeros(10, 10, dtype=torch.int64)
+    confusion.index_put_((y, mean.argmax(1)), torch.ones(len(y), dtype=torch.int64), accumulate=True)
+    assert ensemble["confusion_matrix"] == confusion.tolist()
+
+
+# ---------------------------------------------------------------- top-5 needs at least 5 classes
+
+
+@pytest.mark.parametrize("classes", [4, 5, 6])
+def test_top5_is_reported_from_five_classes_on(cli, tmp_path, classes):
+    data = {"dataset": "fake", "num_classes": classes, "num_samples": 40, "channels": 1, "image_size": 8}
+    g = torch.Generator().manual_seed(classes)
+    path = linear_checkpoint(tmp_path / "best.pt", torch.randn(classes, 64, generator=g), torch.zeros(classes),
+                             classes=[str(i) for i in range(classes)], data=data)
+
+    result = cli("eval", path, "--json")
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    if classes < 5:
+        assert report["top5"] is None
+        assert "top-5" not in cli("eval", path).stdout
+    else:
+        assert report["top5"] is not None
+        if classes == 5:
+            assert report["top5"] == 1.0  # five guesses out of five classes always hold the label
+        assert "top-5" in cli("eval", path).stdout
+
+
+# ---------------------------------------------------------------- eval on other data
+
+
+@pytest.mark.parametrize("other, listed", [("fruit", "2 classes (apple, banana)"), ("three", "3 classes (a, b, c)")])
+def test_eval_on_data_of_other_classes_is_refused(world, cli, other, listed):
+    result = cli("eval", world / "runs" / "pets", "--data-root", world / other)
+    assert result.exit_code == 2
+    assert error_line(result) == (f"error: {world / 'runs' / 'pets' / 'best.pt'}: the data in {world / other} has "
+                                  f"{listed}, the checkpoint was trained on 2 (cat, dog); evaluate it on data with the "
+                                  "classes it was trained on")
+
+
+def test_eval_on_data_of_the_same_classes_elsewhere_works(world, cli, tmp_path):
+    shutil.copytree(world / "pets", tmp_path / "pets")
+    result = cli("eval", world / "runs" / "pets", "--data-root", tmp_path / "pets")
+    assert result.exit_code == 0, result.output

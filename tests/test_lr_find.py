@@ -22,8 +22,13 @@ def test_lr_find_writes_its_folder_only_and_raises_the_lr_geometrically(tmp_path
     work.mkdir()
     monkeypatch.chdir(work)
     before = tree(tmp_path)
+    import cnnctl.training.engine as engine
+
+    trained, real_epoch = [], engine.train_one_epoch  # the steps are fit's own: no second copy of the step
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **k: trained.append(real_epoch(*a, **k).step))
     result = lr_find_command("lenet5-digits", ["data.batch_size=64"], start=1e-5, end=1.0, steps=30,
                              out=str(tmp_path / "out"), device="cpu")
+    assert sum(trained) == result["steps"] == 30 and len(trained) == math.ceil(30 / trained[0])  # a pass, and more
     folder = tmp_path / "out" / "lr-find-lenet5-digits"
     assert result["out_dir"] == str(folder)
     assert tree(tmp_path) - before == {"out", "out/lr-find-lenet5-digits", "out/lr-find-lenet5-digits/lr_find.csv",
@@ -54,6 +59,40 @@ def test_lr_find_stops_when_the_loss_diverges(tmp_path):
     assert "minimum" in result["stop_reason"] or "became" in result["stop_reason"]
     smoothed = result["smoothed"]
     assert smoothed[-1] > 4 * min(smoothed) or not math.isfinite(result["losses"][-1])
+
+
+def test_the_finder_hook_sets_each_steps_lr_and_ends_the_loop():
+    """LRFinder on a stand-in run: the lr of each step (each parameter group keeping its ratio to optimizer.lr),
+    the end after ``steps`` steps, and the divergence and non-finite stops, word for word."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from cnnctl.training.lr_find import LRFinder
+
+    def drive(losses, steps=3):
+        groups = [{"lr": 0.002, "initial_lr": 0.002}, {"lr": 0.001, "initial_lr": 0.001}]
+        run = SimpleNamespace(config=SimpleNamespace(optimizer=SimpleNamespace(lr=0.002)), step=0, stop_reason=None,
+                              stop_after_step=False, optimizer=SimpleNamespace(param_groups=groups))
+        finder, seen = LRFinder(1e-4, 1e-2, steps=steps, diverge=4.0), []
+        finder.on_train_start(run)
+        for loss in losses:
+            seen.append([g["lr"] for g in groups])
+            run.step += 1
+            finder.on_step_end(run, SimpleNamespace(losses=torch.tensor([0.0, loss]), step=2))
+            if run.stop_after_step:
+                break
+        return finder, run, seen
+
+    finder, run, seen = drive([1.0, 0.9, 0.8, 0.7])
+    assert [lr for step in seen for lr in step] == pytest.approx([1e-4, 5e-5, 1e-3, 5e-4, 1e-2, 5e-3])
+    assert run.stop_after_step and run.stop_reason is None  # ended after steps=3 steps, not by a divergence
+    assert finder.lrs == pytest.approx([1e-4, 1e-3, 1e-2]) and finder.losses == pytest.approx([1.0, 0.9, 0.8])
+    assert finder.smoothed[0] == pytest.approx(1.0)  # bias-corrected: the first step is not pulled toward zero
+    finder, run, _ = drive([1.0, 10.0])
+    assert run.stop_after_step and run.stop_reason == "the smoothed loss 5.55 passed 4 x its minimum 1 at lr 0.001"
+    finder, run, _ = drive([1.0, float("nan")])
+    assert run.stop_reason == "the loss became nan at lr 0.001" and finder.losses == [1.0]
 
 
 def test_suggest_on_a_known_curve():

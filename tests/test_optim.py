@@ -489,3 +489,28 @@ def test_decay_bias_and_norm_puts_every_parameter_under_weight_decay():
     assert len(both.param_groups[0]["params"]) == len(list(model.parameters()))
     split = create_optimizer(model, OptimizerConfig(name="sgd", lr=0.1, weight_decay=0.01, decay_bias_and_norm=False))
     assert [g["weight_decay"] for g in split.param_groups] == [0.01, 0.0]
+
+
+# ---------------------------------------------------------------- plateau after warmup
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+def test_plateau_gets_the_first_metric_after_warmup():
+    """warmup_epochs 2 over 4 steps an epoch, then plateau with patience 0 on a flat metric.
+
+    Epochs run at the warmup's lr at their first step: 0.25 + 0.75 * step / 8 at steps 0 and 4, then 1. The first
+    metric after warmup (end of epoch 3) sets the plateau's best; each later flat epoch halves the lr.
+    """
+    from cnnctl.config import SchedulerConfig
+    from cnnctl.training.optim import create_scheduler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0, momentum=0.0)
+    cfg = SchedulerConfig(name="plateau", warmup_epochs=2, warmup_start_factor=0.25, patience=0, factor=0.5,
+                          monitor="val_loss")
+    schedule = create_scheduler(optimizer, cfg, epochs=6, steps_per_epoch=4)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        schedule.step({"val_loss": 1.0})
+    assert lrs == pytest.approx([0.25, 0.625, 1.0, 1.0, 0.5, 0.25], abs=1e-12)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cnnctl.insight.plots import DPI, FIGSIZE
-from tests.conftest import write_config
+from tests.conftest import error_line, train_run, write_config
 
 CONFIG = """\
 seed: 0
@@ -38,10 +39,6 @@ def expected(kind: str) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from cnnctl.cli import app
-
     tmp = tmp_path_factory.mktemp("plots")
     out = []
     with pytest.MonkeyPatch.context() as mp:
@@ -49,9 +46,7 @@ def runs(tmp_path_factory):
         for name, lr in (("fast", 0.003), ("slow", 0.0003)):
             cfg = write_config(tmp / f"{name}.yaml", CONFIG.replace("lr: 0.003", f"lr: {lr}"))
             first = len(drawn)
-            result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp / "runs")], catch_exceptions=False)
-            assert result.exit_code == 0, result.output
-            out.append(Path(result.stdout.strip()))
+            out.append(train_run(cfg, tmp / "runs"))
             DRAWN[out[-1]] = drawn[first:]
     return out
 
@@ -266,3 +261,21 @@ def test_plot_gradients_of_a_well_formed_file_draws_its_last_epoch(cli, tmp_path
         result = cli("plot", run, "--gradients", "-o", tmp_path / "flow.png")
     assert result.exit_code == 0, result.output
     assert data_lines(drawn[0].axes[0]) == {"run (epoch 2)": ([0.0], [0.21])}
+
+
+# ---------------------------------------------------------------- metrics.csv with a bad cell
+
+
+def test_plot_names_the_file_line_and_column_of_a_bad_cell(world, cli, tmp_path):
+    run = tmp_path / "pets"
+    shutil.copytree(world / "runs" / "pets", run)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("val_acc")] = "oops"
+    (run / "metrics.csv").write_text("\n".join([lines[0], ",".join(row)]) + "\n")
+    result = cli("plot", run, "-o", tmp_path / "cmp.png")
+    assert result.exit_code == 2
+    assert error_line(result).startswith(f"error: {run / 'metrics.csv'}: line 2, column 'val_acc': 'oops' is not a "
+                                         "number")
+    assert not (tmp_path / "cmp.png").exists()

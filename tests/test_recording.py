@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cnnctl.training.checkpoint import load_checkpoint
-from tests.conftest import write_config
+from tests.conftest import train_run, write_config
 
 TINY = """\
 seed: 1
@@ -34,15 +34,9 @@ def steps_per_epoch(cfg: Path) -> int:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from cnnctl.cli import app
-
     tmp = tmp_path_factory.mktemp("rec")
     cfg = write_config(tmp / "tiny.yaml", TINY)
-    result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp / "runs")], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return cfg, Path(result.stdout.strip())
+    return cfg, train_run(cfg, tmp / "runs")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -89,19 +83,19 @@ def test_resume_mid_epoch_keeps_the_recorder_state(reference, tmp_path, monkeypa
     """A crash right after the mid-epoch save at step 7 of epoch 2: the resumed run's gradients.csv is the
     uninterrupted one's, byte for byte (the epoch's partial sums come back from the checkpoint)."""
     cfg, ref = reference
-    import cnnctl.training.run as run_module
+    import cnnctl.training.state as state  # Run.save writes through its save_checkpoint
 
     crash_at = steps_per_epoch(cfg) + 7
-    original = run_module.save_checkpoint
+    original = state.save_checkpoint
 
     def crashing_save(path, ckpt):
         original(path, ckpt)
         if ckpt["step"] == crash_at and Path(path).name == "last.pt":
             raise KeyboardInterrupt  # the process dying right after the save
 
-    monkeypatch.setattr(run_module, "save_checkpoint", crashing_save)
+    monkeypatch.setattr(state, "save_checkpoint", crashing_save)
     assert cli("train", cfg, "--out", tmp_path / "runs").exit_code == 130
-    monkeypatch.setattr(run_module, "save_checkpoint", original)
+    monkeypatch.setattr(state, "save_checkpoint", original)
     run = tmp_path / "runs" / "tiny"
     assert load_checkpoint(run / "last.pt")["callbacks"]["gradients"]["sums"][3].sum() > 0  # mid-epoch sums saved
     result = cli("train", "--resume", run)

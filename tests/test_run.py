@@ -1,9 +1,9 @@
 """A run from command to outputs: resolved once, built complete, hooks, the library's manners (no process-wide
-changes), and the end-of-run fixes (the last epoch is not an early stop; a NaN before any save says so)."""
+changes), and the end-of-run fixes (a NaN before any save says so; the last epoch is not an early stop:
+test_early_stopping.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -105,31 +105,6 @@ def test_train_evaluate_predict_leave_the_process_as_they_found_it(tmp_path):
 # ---------------------------------------------------------------- fixes
 
 
-def test_patience_running_out_at_the_last_epoch_is_not_an_early_stop(cli, tmp_path, monkeypatch):
-    import cnnctl.insight.plots as plots
-
-    marked = []
-    real_plot_curves = plots.plot_curves
-
-    def plot_curves(rows, path, **kwargs):
-        marked.append(kwargs.get("stopped_epoch"))
-        return real_plot_curves(rows, path, **kwargs)
-
-    monkeypatch.setattr(plots, "plot_curves", plot_curves)
-    # train_loss with mode max never improves after epoch 1 (the loss falls): patience 2 runs out at epoch 3.
-    text = TINY.replace("early_stopping: {patience: 5}", "early_stopping: {monitor: train_loss, mode: max, patience: 2}")
-    cfg = write_config(tmp_path / "es.yaml", text)
-    last = cli("train", cfg, "--out", tmp_path / "runs")
-    assert last.exit_code == 0, last.output
-    summary = json.loads((Path(last.stdout.strip()) / "summary.json").read_text())
-    assert (summary["epochs"], summary["stopped_early"], summary["stop_reason"]) == (3, False, None)
-    early = cli("train", cfg, "--out", tmp_path / "runs", "--set", "train.epochs=5")
-    assert early.exit_code == 0, early.output
-    summary = json.loads((Path(early.stdout.strip()) / "summary.json").read_text())
-    assert (summary["epochs"], summary["stopped_early"]) == (3, True)
-    assert marked == [None, 3]  # curves.png marks an early stop only for the run that stopped early
-
-
 def test_nonfinite_loss_before_any_checkpoint_does_not_claim_one(cli, tmp_path, monkeypatch):
     class NaNLoss(torch.nn.CrossEntropyLoss):
         def forward(self, logits, target):
@@ -189,3 +164,36 @@ def test_predict_names_the_unreadable_files_after_the_results(cli, tmp_path):
         check_results(results)
     assert info.value.exit_code == 2
     check_results([{"file": "ok.png", "topk": []}])
+
+
+# ---------------------------------------------------------------- a torchrun restart
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_torchrun_restart_reads_the_config_once(trained_run, tmp_path, monkeypatch, saved):
+    """Issue 24: a restarted attempt read and validated CONFIG twice (once to find its marker under ``out``, once to
+    resume). Now once: the resolved config is the base the checkpoint's is checked against. With no last.pt saved
+    (the first attempt died earlier), the restart starts the run afresh."""
+    import builtins
+
+    from cnnctl.training.run import resolve
+
+    config = trained_run / "config.yaml"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job7")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".torchrun-job7").write_text(str(trained_run if saved else tmp_path / "died-early"))
+    opened, real_open = [], builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, *a, **k: opened.append(Path(file)) or real_open(file, *a, **k))
+
+    resolved = resolve(str(config), overrides=["train.epochs=2"], out=str(out))
+
+    assert opened.count(config) == 1
+    assert resolved.overrides == ("train.epochs=2",) and resolved.config.train.epochs == 2
+    if saved:
+        assert resolved.resume_from == trained_run / "last.pt" and resolved.checkpoint["step"] > 0
+        assert resolved.config.out == resolved.checkpoint["config"]["out"]  # the run stays where it is
+    else:
+        assert resolved.resume_from is None and resolved.config.out == str(out)

@@ -10,12 +10,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.insight.runs import STATUS_FILE
 from cnnctl.training.runlock import LOCK_NAME, RunLock, holder
+from tests.conftest import ROOT, error_line, snapshot
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the holder is killed with SIGKILL; POSIX only")
 
@@ -97,13 +100,9 @@ def test_unwritable_run_directory_is_a_write_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_trainers_on_one_run_the_second_refused_with_the_first_pid(tmp_path):
-    from tests.conftest import write_config
-
-    cfg = write_config(tmp_path / "tiny.yaml", "data: {dataset: digits, batch_size: 64}\n"
-                       "model: {arch: custom, layers: [flatten, {linear: {out: 32}}, relu, linear]}\n")
+def test_two_trainers_on_one_run_the_second_refused_with_the_first_pid(tmp_path, tiny_config):
     run_dir = tmp_path / "runs" / "shared"
-    first = subprocess.Popen([sys.executable, "-m", "cnnctl", "train", str(cfg), "--name", "shared", "--out",
+    first = subprocess.Popen([sys.executable, "-m", "cnnctl", "train", str(tiny_config), "--name", "shared", "--out",
                               str(tmp_path / "runs"), "--set", "train.epochs=500", "--set",
                               "train.early_stopping=null"], stdout=subprocess.DEVNULL,  # still training when asked
                              stderr=subprocess.PIPE, text=True)
@@ -139,23 +138,6 @@ def test_two_trainers_on_one_run_the_second_refused_with_the_first_pid(tmp_path)
 # ---------------------------------------------------------------- a .lock that is no lock (issue 23, item 1)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """One finished one-epoch digits run, trained through the CLI; each test resumes a copy of it."""
-    from typer.testing import CliRunner
-
-    from cnnctl.cli import app
-    from tests.conftest import write_config
-
-    tmp = tmp_path_factory.mktemp("locked")
-    cfg = write_config(tmp / "tiny.yaml", "data: {dataset: digits, batch_size: 64}\n"
-                       "model: {arch: custom, layers: [flatten, {linear: {out: 16}}, relu, linear]}\n"
-                       "train: {epochs: 1}\n")
-    result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp / "runs")], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and not p.is_symlink() and p.name != LOCK_NAME}
@@ -182,10 +164,10 @@ def _fails_instead_of_hanging(seconds: float):
     (lambda lock, outside: os.mkfifo(lock), "a FIFO"),
     (lambda lock, outside: lock.mkdir(), "a directory"),
 ], ids=["symlink", "hard-link", "fifo", "directory"])
-def test_resume_refuses_a_lock_that_is_not_a_regular_file_and_writes_through_nothing(cli, finished_run, tmp_path,
+def test_resume_refuses_a_lock_that_is_not_a_regular_file_and_writes_through_nothing(cli, trained_run, tmp_path,
                                                                                       plant, kind):
     run_dir = tmp_path / "run"
-    shutil.copytree(finished_run, run_dir)
+    shutil.copytree(trained_run, run_dir)
     outside = tmp_path / "precious.txt"  # a file outside the run a shared run folder's .lock could lead to
     outside.write_bytes(b"not yours\n")
     (run_dir / LOCK_NAME).unlink()
@@ -215,3 +197,66 @@ def test_holder_never_opens_a_fifo_or_follows_a_link(tmp_path):
         (other / LOCK_NAME).symlink_to(held / LOCK_NAME)
         assert holder(held) == os.getpid()
         assert holder(other) is None
+
+
+# ---------------------------------------------------------------- a resume where .lock cannot be made
+
+
+def test_resume_of_a_run_whose_lock_cannot_be_created(world, cli):
+    """A run folder where .lock cannot be made (here: a folder holds its name) is refused before anything changes:
+    a .lock that is not a regular file is foreign input in the run folder (exit 2 naming it, issue 23), not a
+    failed write."""
+    run = world / "lockless" / "pets"
+    shutil.copytree(world / "runs" / "pets", run)
+    (run / ".lock").unlink(missing_ok=True)
+    (run / ".lock").mkdir()
+    before = snapshot(run)
+    result = cli("train", "--resume", run, "--set", "train.epochs=2")
+    assert result.exit_code == 2
+    assert error_line(result).startswith(f"error: {run / '.lock'}: the run lock is a directory, not the regular file")
+    assert "rmdir it" in result.stderr and "Traceback" not in result.output
+    assert snapshot(run) == before and not (run / STATUS_FILE).exists()
+
+
+def as_nobody():
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+def nobody_can_run_python() -> bool:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    try:
+        return subprocess.run([sys.executable, "-c", "import torch"], preexec_fn=as_nobody, capture_output=True,
+                              cwd="/", timeout=120).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_resume_of_a_run_in_a_read_only_folder(world, tmp_path):
+    """The run folder is root's, the resume runs as nobody: the lock cannot be created, nothing changes.
+    (Root writes through any chmod, so this needs root, dropping to nobody, and an interpreter nobody can run.)"""
+    if not nobody_can_run_python():
+        pytest.skip("needs root and a Python (with torch) that the user nobody can run")
+    run = world / "ro-runs" / "pets"
+    shutil.copytree(world / "runs" / "pets", run)
+    for p in [run.parent, run, *run.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    (run / ".lock").unlink(missing_ok=True)
+    before = snapshot(run)
+    home = Path(tempfile.mkdtemp(prefix="cnnctl-nobody-"))
+    home.chmod(0o777)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cnnctl", "train", "--resume", str(run), "--set",
+                               "train.epochs=2"], capture_output=True, text=True, cwd=home, timeout=300,
+                              preexec_fn=as_nobody,
+                              env={**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(home), "PYTHONPATH": str(ROOT),
+                                   "TORCHINDUCTOR_CACHE_DIR": str(home), "XDG_CACHE_HOME": str(home)})
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = [x for x in proc.stderr.splitlines() if x.startswith("error:")][0]
+    assert line.startswith(f"error: could not write {run / '.lock'}: Permission denied"), line
+    assert snapshot(run) == before

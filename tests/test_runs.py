@@ -1,5 +1,6 @@
 """``cnnctl runs``: real runs on digits that finished, stopped early, were interrupted by SIGINT and failed on a
-non-finite loss, each listed with its status; a held lock lists as running; --json is one document."""
+non-finite loss, each listed with its status; a held lock lists as running; --json is one document; a failed
+run's status.json, cleared by a resume."""
 
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cnnctl.cli import app
 from cnnctl.insight.runs import MAX_RUN_FILE_BYTES, STATUS_FILE, list_runs
-from tests.conftest import run_cnnctl, write_config
+from tests.conftest import error_line, explode_loss_from, invoke, run_cnnctl, write_config
 from tests.test_runlock import _holder_process
 
 TINY = """\
@@ -33,7 +32,7 @@ EXPECTED = {"done": "finished", "patience": "early-stopped", "sigint": "interrup
 
 
 def _invoke(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    result = invoke(*args)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -248,3 +247,25 @@ def test_a_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch, caplog):
         (folder / "locked").chmod(0o755)
     assert code == 2 and stdout == ""
     assert stderr == f"error: {folder}: cannot be read: Permission denied\n"
+
+
+# ---------------------------------------------------------------- status.json of a failed run
+
+
+def test_a_failed_run_says_so_in_status_json_and_a_resume_clears_it(tmp_path, cli, monkeypatch):
+    explode_loss_from(monkeypatch, 50)
+    cfg = write_config(tmp_path / "nan.yaml", "data: {dataset: digits, batch_size: 32}\n"
+                       "model: {arch: custom, layers: [flatten, {linear: {out: 16}}, relu, linear]}\n"
+                       "train: {epochs: 2, checkpoint: {save_every_steps: 5}}\n")
+    result = cli("train", cfg, "--out", tmp_path / "runs")
+    assert result.exit_code == 1, result.output
+    run = tmp_path / "runs" / "nan"
+    status = json.loads((run / STATUS_FILE).read_text())
+    assert status["status"] == "failed" and "nan" in status["reason"]
+    assert error_line(result) == f"error: {status['reason']}"
+    listed = cli("runs", tmp_path / "runs", "--json")
+    assert json.loads(listed.stdout)[0]["status"] == "failed"
+    monkeypatch.undo()
+    result = cli("train", "--resume", run)
+    assert result.exit_code == 0, result.output
+    assert not (run / STATUS_FILE).exists()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import write_config
+from tests.conftest import READ_ONLY, error_line, read_only, train_run, write_config
 
 TINY = """\
 seed: 0
@@ -28,16 +28,8 @@ train: {{epochs: {epochs}, early_stopping: {{patience: 5}}}}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One short digits run shared by the tests below."""
-    from typer.testing import CliRunner
-
-    from cnnctl.cli import app
-
     tmp = tmp_path_factory.mktemp("run")
-    cfg = write_config(tmp / "tiny.yaml", TINY.format(arch="lenet5", epochs=4))
-    result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp / "runs")], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    run_dir = Path(result.stdout.strip().splitlines()[-1])
-    return run_dir
+    return train_run(write_config(tmp / "tiny.yaml", TINY.format(arch="lenet5", epochs=4)), tmp / "runs")
 
 
 def test_run_directory(trained):
@@ -191,3 +183,49 @@ def test_cpu_allocator_tuning_and_its_opt_out(env, expected):
                           env={**{k: v for k, v in os.environ.items() if k != "CNNCTL_DEFAULT_MALLOC"}, **env})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [expected, expected]
+
+
+# ---------------------------------------------------------------- --out where no run folder can be made
+
+
+def test_train_out_that_is_a_regular_file(tmp_path, world, cli):
+    out = tmp_path / "runs"
+    out.write_text("keep me\n")
+    result = cli("train", world / "pets.yaml", "--out", out)
+    assert result.exit_code == 1
+    assert error_line(result) == f"error: could not write {out}: it is a file, not a folder; give --out a folder " \
+                                 "for run directories"
+    assert out.read_text() == "keep me\n"
+
+
+def test_train_out_under_a_regular_file(tmp_path, world, cli):
+    (tmp_path / "file").write_text("keep me\n")
+    result = cli("train", world / "pets.yaml", "--out", tmp_path / "file" / "runs")
+    assert result.exit_code == 1
+    assert error_line(result).startswith(f"error: could not write {tmp_path / 'file' / 'runs'}: Not a directory")
+    assert (tmp_path / "file").read_text() == "keep me\n"
+
+
+@read_only
+def test_train_out_on_a_read_only_location(world, cli):
+    out = READ_ONLY / "cnnctl-runs"
+    result = cli("train", world / "pets.yaml", "--out", out)
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert line.startswith(f"error: could not write {out}: ") and "give --out a writable folder" in line
+    assert not out.exists()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_run_folder(tmp_path, world, cli, monkeypatch):
+    import cnnctl.training.rundir
+    from cnnctl.errors import WriteError
+
+    def full_disk(path, text):
+        raise WriteError(str(path), "No space left on device")
+
+    monkeypatch.setattr(cnnctl.training.rundir, "write_text", full_disk)  # config.yaml, the first file a run writes
+    result = cli("train", world / "pets.yaml", "--out", tmp_path / "runs")
+    assert result.exit_code == 1
+    assert error_line(result) == f"error: could not write {tmp_path / 'runs' / 'pets' / 'config.yaml'}: No space " \
+                                 "left on device"
+    assert list((tmp_path / "runs").iterdir()) == [], "the empty run folder is removed"

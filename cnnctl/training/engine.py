@@ -21,7 +21,7 @@ from cnnctl.training.hooks import optimizer_step_hooks, steps_hooks
 from cnnctl.training.metrics import EvalAccumulator
 
 if TYPE_CHECKING:
-    from cnnctl.training.run import Run
+    from cnnctl.training.state import Run
 
 
 @dataclass

@@ -25,16 +25,20 @@ Every optimizer works: each parameter group's lr is set at each step, keeping th
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnctl.config import Config
 from cnnctl.errors import UsageError
+from cnnctl.training.hooks.base import Hook
+
+if TYPE_CHECKING:
+    from cnnctl.training.engine import EpochState
+    from cnnctl.training.state import Run
 
 BETA = 0.98  # fastai's smoothing
 SKIP_BEGIN = 10  # Lightning's: the first steps' slope says more about the start-up than about the lr
@@ -48,38 +52,80 @@ LR_LIMITS = (1e-12, 1000.0)
 MAX_STEPS = 10_000  # fastai and Lightning take 100; 10,000 batches are epochs of most datasets, not a range test
 
 
-@dataclass
-class _Setup:
-    model: Any
-    optimizer: Any
-    batches: Callable[[int], Iterator[Any]]  # epoch -> its training batches
-    amp_dtype: Any
-    scaler: Any
-    grad_clip: float | None
-    criterion: Any  # train.loss, as training builds it
-    device: Any
+class LRFinder(Hook):
+    """The range test as a hook on the ordinary loop (``engine.fit``), as Lightning's ``LearningRateFinder`` is a
+    callback: the training step is fit's own. Before the first step and after each, it sets the next step's lr
+    (``start`` times ``factor`` a step; each parameter group keeps its ratio to optimizer.lr); after each, it records
+    the step's loss and its smoothed value, and ends the loop (``run.stop_after_step``) when the loss diverges (the
+    reason in ``run.stop_reason``) or after ``steps`` steps."""
+
+    def __init__(self, start: float, end: float, steps: int, diverge: float) -> None:
+        self.start, self.steps, self.diverge = start, steps, diverge
+        self.factor = (end / start) ** (1 / (steps - 1))
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.avg, self.lowest = 0.0, math.inf
+        self.ratios: list[float] = []
+
+    def on_train_start(self, run: Run) -> None:
+        groups = run.optimizer.param_groups
+        self.ratios = [g.get("initial_lr", g["lr"]) / run.config.optimizer.lr for g in groups]
+        self._set_lr(run, 0)
+
+    def on_step_end(self, run: Run, state: EpochState) -> None:
+        i = run.step - 1  # this step's index in the test
+        value = float(state.losses[state.step - 1])  # one sync per step: the stopping rule needs the number
+        reason = self._record(self.start * self.factor**i, value)
+        if reason is not None:
+            run.stop_reason = reason
+        if reason is not None or run.step >= self.steps:
+            run.stop_after_step = True
+        else:
+            self._set_lr(run, run.step)
+
+    def _set_lr(self, run: Run, i: int) -> None:
+        lr = self.start * self.factor**i
+        for group, ratio in zip(run.optimizer.param_groups, self.ratios, strict=True):
+            group["lr"] = lr * ratio
+
+    def _record(self, lr: float, value: float) -> str | None:
+        """Keep one step's loss and its smoothed value; the reason to stop, if the loss diverged."""
+        if not math.isfinite(value):
+            return f"the loss became {value} at lr {lr:.3g}"
+        self.avg = BETA * self.avg + (1 - BETA) * value
+        smooth = self.avg / (1 - BETA ** (len(self.lrs) + 1))
+        self.lrs.append(lr)
+        self.losses.append(value)
+        self.smoothed.append(smooth)
+        self.lowest = min(self.lowest, smooth)
+        if smooth > self.diverge * self.lowest:
+            return f"the smoothed loss {smooth:.3g} passed {self.diverge:g} x its minimum {self.lowest:.3g} at lr {lr:.3g}"
+        return None
 
 
-def _assemble(config: Config, device: str | None) -> _Setup:
-    """Model, data and optimizer as training builds them (``run.assemble``: no run directory, no hooks)."""
-    import torch
-
+def _range_test_run(config: Config, device: str | None, finder: LRFinder) -> Run:
+    """The run the finder drives: model, data, loss, optimizer and scaler as training assembles them
+    (``assembly.assemble``: no run directory, nothing written) under a constant schedule, since the finder sets
+    every lr; enough passes over the training set for the test (a new shuffle each), no validation, one process
+    even under torchrun, and no hook but the finder."""
+    from cnnctl.config import SchedulerConfig
+    from cnnctl.training.assembly import assemble
     from cnnctl.training.distributed import DistContext
-    from cnnctl.training.losses import create_loss
-    from cnnctl.training.optim import create_optimizer
-    from cnnctl.training.run import assemble
+    from cnnctl.training.state import Run
 
-    run = assemble(config, dist=DistContext(), device=device)  # one process, even under torchrun
-    # A fresh optimizer of the same kind and settings: assemble's schedule has already moved the lrs (warmup
-    # starts low) and, for onecycle, the momentum; the range test sets the lr itself.
-    optimizer = create_optimizer(run.model, config.optimizer)
-    scaler = torch.amp.GradScaler(run.device.type) if run.amp_dtype == torch.float16 else None
-    return _Setup(run.model, optimizer, run.train_loader.batches, run.amp_dtype, scaler, config.train.grad_clip,
-                  create_loss(config.train.loss, config.train.label_smoothing), run.device)
+    config = config.model_copy(update={"scheduler": SchedulerConfig()})  # no warmup, no onecycle momentum
+    single = DistContext()
+    parts = assemble(config, dist=single, device=device)
+    # The plain model, as before the test was a hook: compiling it would cost more than a 200-step test.
+    parts = dataclasses.replace(parts, module=parts.model, val_loader=None, test_loader=None)
+    passes = math.ceil(finder.steps / len(parts.train_loader))
+    config = config.model_copy(update={"train": config.train.model_copy(update={"epochs": passes})})
+    return Run(config, parts, [finder], single, run_dir=None)
 
 
 def _out_folder(out_dir: str | Path, name: str) -> Path:
-    from cnnctl.training.run import new_run_dir
+    from cnnctl.training.rundir import new_run_dir
 
     return new_run_dir(Path(out_dir), f"lr-find-{name}")
 
@@ -133,62 +179,16 @@ def lr_find(config: Config, *, out_dir: str | Path, start: float = 1e-7, end: fl
     """Run the range test for ``config`` and write ``lr_find.csv`` and ``lr_find.png`` into a new folder
     ``out_dir/lr-find-NAME`` (nothing else is written). Returns the suggestion, both readings, the rule used,
     the lrs and losses, why it stopped, and the files."""
-    import torch
-    from torch import nn
+    from cnnctl.training.engine import fit
 
     _check(start, end, steps, diverge)
     started = time.perf_counter()
-    setup = _assemble(config, device)
-    model, optimizer = setup.model, setup.optimizer
-    ratios = [g.get("initial_lr", g["lr"]) / config.optimizer.lr for g in optimizer.param_groups]
-    criterion = setup.criterion
-    factor = (end / start) ** (1 / (steps - 1))
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    avg, lowest, stop_reason = 0.0, math.inf, None
-    epoch, batches = 0, setup.batches(0)
-    model.train()
-    for i in range(steps):
-        lr = start * factor**i
-        for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-            group["lr"] = lr * ratio
-        batch = next(batches, None)
-        if batch is None:  # cycle through the training set, a new shuffle each pass
-            epoch += 1
-            batches = setup.batches(epoch)
-            batch = next(batches)
-        x, y = batch
-        with torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None):
-            loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        if setup.scaler is not None:
-            setup.scaler.scale(loss).backward()
-            setup.scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if setup.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
-        if setup.scaler is not None:
-            setup.scaler.step(optimizer)
-            setup.scaler.update()
-        else:
-            optimizer.step()
-        value = float(loss.detach())  # one sync per step: the stopping rule needs the number
-        if not math.isfinite(value):
-            stop_reason = f"the loss became {value} at lr {lr:.3g}"
-            break
-        avg = BETA * avg + (1 - BETA) * value
-        smooth = avg / (1 - BETA ** (i + 1))
-        lrs.append(lr)
-        losses.append(value)
-        smoothed.append(smooth)
-        lowest = min(lowest, smooth)
-        if smooth > diverge * lowest:
-            stop_reason = f"the smoothed loss {smooth:.3g} passed {diverge:g} x its minimum {lowest:.3g} at lr {lr:.3g}"
-            break
+    finder = LRFinder(start, end, steps, diverge)
+    run = _range_test_run(config, device, finder)
+    fit(run)
+    lrs, losses, smoothed, stop_reason = finder.lrs, finder.losses, finder.smoothed, run.stop_reason
     if len(lrs) < 3:
-        raise _too_short(start, factor, lrs, stop_reason)
+        raise _too_short(start, finder.factor, lrs, stop_reason)
     readings = suggest(lrs, smoothed)
     suggestion = readings[SUGGESTION_RULE]
     folder = _out_folder(out_dir, config.name or "run")

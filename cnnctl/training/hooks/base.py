@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cnnctl.training.engine import EpochState
-    from cnnctl.training.run import Run
+    from cnnctl.training.state import Run
 
 
 log = logging.getLogger("cnnctl")
@@ -72,7 +72,7 @@ class Hook:
 
     def summary_items(self) -> dict[str, Any]:
         """What this hook adds to summary.json at the end of the run (the recorders: their figures under their key).
-        ``run.finish`` asks every hook, so it needs to know none of them by type."""
+        ``finish.finish`` asks every hook, so it needs to know none of them by type."""
         return {}
 
     def on_run_end(self, run: Run, summary: dict[str, Any]) -> None:

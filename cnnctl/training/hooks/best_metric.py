@@ -9,7 +9,7 @@ from cnnctl.errors import UsageError
 from cnnctl.training.hooks.base import Hook
 
 if TYPE_CHECKING:
-    from cnnctl.training.run import Run
+    from cnnctl.training.state import Run
 
 
 def resolve_mode(monitor: str, mode: str) -> str:

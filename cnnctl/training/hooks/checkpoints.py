@@ -9,7 +9,7 @@ from cnnctl.training.hooks.base import Hook
 if TYPE_CHECKING:
     from cnnctl.training.engine import EpochState
     from cnnctl.training.hooks.best_metric import BestMetric
-    from cnnctl.training.run import Run
+    from cnnctl.training.state import Run
 
 
 class StepCheckpoint(Hook):
@@ -27,7 +27,7 @@ class StepCheckpoint(Hook):
 class EpochCheckpoint(Hook):
     """best.pt when the monitored metric improved; last.pt every ``save_every`` epochs, at the last epoch and when
     training stops. Put it after the hooks that decide to stop, and after ``best`` (the run's BestMetric, handed
-    over by the run) has seen the epoch."""
+    over by assembly) has seen the epoch."""
 
     def __init__(self, save_every: int, best: BestMetric) -> None:
         self.save_every, self.best = save_every, best

@@ -10,7 +10,7 @@ from cnnctl.training.hooks.base import Hook
 from cnnctl.training.hooks.best_metric import BestMetric
 
 if TYPE_CHECKING:
-    from cnnctl.training.run import Run
+    from cnnctl.training.state import Run
 
 
 class EarlyStopping(Hook):

@@ -10,7 +10,7 @@ from cnnctl.training.hooks.base import Hook, log
 
 if TYPE_CHECKING:
     from cnnctl.training.engine import EpochState
-    from cnnctl.training.run import Run
+    from cnnctl.training.state import Run
 
 
 class Interruption(Hook):

@@ -12,7 +12,7 @@ from cnnctl.io import check_writable, writing
 from cnnctl.training.hooks.base import Hook
 
 if TYPE_CHECKING:
-    from cnnctl.training.run import Run
+    from cnnctl.training.state import Run
 
 
 class TensorBoard(Hook):

@@ -274,7 +274,7 @@ def test_a_yaml_error_without_a_place_or_a_problem_still_reads_well():
      "model.layers[0].conv.out: required key is missing"),
     ({"arch": "lenet5", "x" * 41: 1},
      "model.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... (41 characters): unknown key. Valid keys: arch, stem, "
-     "dropout, activation, pool, zero_init_residual, layers"),
+     "dropout, activation, pool, zero_init_residual, layers, pretrained, init_from"),
 ])
 def test_model_errors_name_the_layer_and_its_keys(tmp_path, model, message):
     import yaml

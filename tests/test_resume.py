@@ -1,4 +1,5 @@
-"""Fault tolerance: exact resume after SIGKILL, signals, non-finite loss, failed saves, unsafe checkpoints."""
+"""Fault tolerance: exact resume after SIGKILL, signals, non-finite loss, failed saves, unsafe checkpoints; the
+resume policy (what may change on resume) over every config key."""
 
 from __future__ import annotations
 
@@ -6,18 +7,23 @@ import csv
 import errno
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from cnnctl.config import Config
+from cnnctl.errors import CnnctlError
 from cnnctl.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import ROOT, explode_loss_from, run_cnnctl, write_config
+from tests.conftest import ROOT, explode_loss_from, run_cnnctl, train_run, write_config
 
 # Dropout, augmentation and mid-epoch saves: every source of randomness and every kind of resume point.
 EXACT = """\
@@ -100,20 +106,20 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(reference, tmp_path)
 def test_in_process_crash_mid_epoch_resumes_exactly(reference, tmp_path, monkeypatch, cli):
     """A crash right after a mid-epoch save (step 7 of epoch 2) and one after an epoch-end save."""
     cfg, ref_dir = reference
-    import cnnctl.training.run as run_module
+    import cnnctl.training.state as state  # Run.save writes through its save_checkpoint
 
     for crash_at in (len_of_epoch(cfg) + 7, 2 * len_of_epoch(cfg)):
         out = tmp_path / f"runs{crash_at}"
-        original = run_module.save_checkpoint
+        original = state.save_checkpoint
 
         def crashing_save(path, ckpt, crash_at=crash_at, original=original):
             original(path, ckpt)
             if ckpt["step"] == crash_at and Path(path).name == "last.pt":
                 raise KeyboardInterrupt  # stands for the process dying right after the save
 
-        monkeypatch.setattr(run_module, "save_checkpoint", crashing_save)
+        monkeypatch.setattr(state, "save_checkpoint", crashing_save)
         assert cli("train", cfg, "--out", out).exit_code == 130
-        monkeypatch.setattr(run_module, "save_checkpoint", original)
+        monkeypatch.setattr(state, "save_checkpoint", original)
         assert load_checkpoint(out / "exact" / "last.pt")["step"] == crash_at
         result = cli("train", "--resume", out / "exact")
         assert result.exit_code == 0, result.output
@@ -298,3 +304,197 @@ def test_resume_accepts_the_folder_a_moved_run_is_in(reference, cli, tmp_path):
     assert result.stderr == (f"error: --resume: {moved} already finished 3 of 3 epochs; to train on, add --set "
                              "train.epochs=N with N > 3\n")
     assert _files(moved) == before
+
+
+# ---------------------------------------------------------------- the resume policy over every config key
+
+# What README ("What may change on resume") promises; everything else is refused and named.
+RESUME_ALLOWED = {
+    "name", "out", "train.epochs", "train.device", "train.threads", "train.compile", "train.tensorboard",
+    "train.early_stopping.patience", "train.early_stopping.min_delta", "train.early_stopping.restore_best",
+    "train.checkpoint.save_every", "train.checkpoint.save_every_steps", "data.root", "data.download",
+    "data.workers", "data.eval_batch_size", "data.cache", "data.cache_dir", "data.cache_verify",
+    "train.record_gradients_every",
+    "train.record_activations",
+    "train.cache_features",
+}
+
+BASE = """\
+seed: 0
+data: {dataset: digits, batch_size: 256}
+model: {arch: lenet5}
+optimizer: {name: adam, lr: 0.003}
+train: {epochs: 2, early_stopping: {patience: 5}}
+"""
+
+# Keys that cannot change alone and still validate, with what goes with them.
+TOGETHER = {
+    "model.layers": ["model.arch=custom", "model.layers=[flatten, linear]"],
+    "data.num_classes": ["data.dataset=fake", "data.num_classes=3"],
+    "data.num_samples": ["data.dataset=fake", "data.num_samples=50"],
+    "data.channels": ["data.dataset=fake", "data.channels=3"],
+    "optimizer.nesterov": ["optimizer.name=sgd", "optimizer.nesterov=true"],
+    "train.freeze_epochs": ["train.freeze=body", "train.freeze_epochs=1"],
+    "train.frozen_lr_factor": ["train.freeze=body", "train.freeze_epochs=1", "train.frozen_lr_factor=0.1"],
+    "model.pretrained": ["model.arch=resnet18", "model.pretrained=true"],
+}
+
+# A value other than BASE's for keys whose alternative is not obvious from the type.
+ALTERNATIVES = {
+    "name": "other", "out": "elsewhere", "data.dataset": "fake", "data.root": "/tmp/elsewhere", "data.normalize": "none",
+    "data.workers": 0, "data.eval_batch_size": 32, "data.image_size": 16, "model.arch": "resnet20",
+    "optimizer.name": "adamw", "optimizer.betas": [0.8, 0.999], "scheduler.name": "step", "scheduler.milestones": [5],
+    "train.epochs": 1, "train.threads": 2, "train.device": "cpu", "train.channels_last": False, "train.grad_clip": 1.0, "train.checkpoint.save_every_steps": 5,
+    "model.init_from": "runs/other/best.pt",
+}
+
+
+def _field_choices(key: str) -> list[typing.Any]:
+    """The Literal values a config key may take, from the pydantic models (for keys added after this test)."""
+    model: typing.Any = Config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        annotation = model.model_fields[part].annotation
+        model = next(a for a in (annotation, *typing.get_args(annotation)) if isinstance(a, type))
+    found, todo = [], [model.model_fields[parts[-1]].annotation]
+    while todo:
+        a = todo.pop()
+        if typing.get_origin(a) is typing.Literal:
+            found += list(typing.get_args(a))
+        else:
+            todo += list(typing.get_args(a))
+    return found
+
+
+def alternative(key: str, value: typing.Any) -> list[str]:
+    """``--set`` arguments that change ``key`` alone (or with what it needs) to a valid, different value."""
+    if key in TOGETHER:
+        return TOGETHER[key]
+    if key in ALTERNATIVES:
+        new = ALTERNATIVES[key]
+    elif isinstance(value, bool):
+        new = not value
+    elif isinstance(value, int):
+        new = value + 1
+    elif isinstance(value, float):
+        new = value / 2 if value > 0 else 0.1
+    else:
+        choices = [c for c in _field_choices(key) if c != value]
+        if not choices:
+            pytest.fail(f"no alternative value for config key {key!r}: add one to ALTERNATIVES in {__file__}")
+        new = choices[0]
+    assert new != value, key
+    text = yaml.safe_dump(new, default_flow_style=True).removesuffix("\n").removesuffix("\n...")
+    return [f"{key}={text}"]
+
+
+def flat_keys(data: dict, prefix: str = "") -> dict[str, typing.Any]:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two finished digits runs (2 epochs, not stopped early): with early stopping, and without."""
+    tmp = tmp_path_factory.mktemp("resume")
+    threads = torch.get_num_threads()
+    runs = {"with": train_run(write_config(tmp / "with.yaml", BASE), tmp / "runs"),
+            "without": train_run(write_config(tmp / "without.yaml", BASE.replace("early_stopping: {patience: 5}",
+                                                                                 "early_stopping: null")), tmp / "runs")}
+    yield runs
+    torch.set_num_threads(threads)
+
+
+def resume_cases() -> list:
+    keys = flat_keys(Config.model_validate(load_yaml_text(BASE)).dump())
+    keys.pop("name")  # None in BASE: the config's stem fills it in
+    keys.pop("data.cache_dir")  # imagefolder only (with cache: disk); BASE trains digits, where no value validates
+    keys.pop("data.cache_verify")  # the same
+    cases = [pytest.param(k, v, id=k) for k, v in sorted(keys.items())]
+    return cases + [pytest.param("name", "with", id="name")]
+
+
+def load_yaml_text(text: str) -> dict:
+    return yaml.safe_load(text)
+
+
+@pytest.mark.parametrize(("key", "value"), resume_cases())
+def test_resume_allows_or_refuses_each_key_changed_alone(cli, finished_runs, key, value):
+    run = finished_runs["with"]
+    before = (run / "last.pt").read_bytes()
+    args = [a for kv in alternative(key, value) for a in ("--set", kv)]
+    threads = torch.get_num_threads()
+
+    result = cli("train", "--resume", run, *args)
+
+    torch.set_num_threads(threads)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert (run / "last.pt").read_bytes() == before
+    if key in ("name", "out"):  # allowed only to the run's own place; another is refused (test_resume.py)
+        assert f"error: --set {args[1]}: a resumed run stays in {run} " in result.stderr, result.stderr
+    elif key in RESUME_ALLOWED:
+        # Past the policy: refused only because the run already did its 2 epochs (train.epochs=1 included).
+        assert "different run" not in result.stderr, result.stderr
+        assert "already finished" in result.stderr, result.stderr
+    else:
+        assert "different run" in result.stderr, result.stderr
+        assert key in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("key", "value"), resume_cases())
+def test_resolve_run_applies_the_resume_policy_to_each_key_changed_alone(tmp_path, key, value):
+    """The policy above where it is decided, on a checkpoint's config with no run trained (what mutation testing runs)."""
+    from cnnctl.config import RESUME_ALLOWED, resolve_run
+
+    saved = resolve_run({**load_yaml_text(BASE), "name": "with"}).config.dump()
+    sets = alternative(key, value)
+    resume = dict(resume_from=tmp_path / "last.pt", checkpoint={"config": saved})
+    if key in ("name", "out"):  # allowed only to the run's own place (test_config_edges.py); another is refused
+        with pytest.raises(CnnctlError, match=f"^--set {sets[0]}: a resumed run stays in {tmp_path} "):
+            resolve_run(None, overrides=sets, **resume)
+    elif key in RESUME_ALLOWED:
+        resumed = resolve_run(None, overrides=sets, **resume).config.dump()
+        assert flat_keys(resumed)[key] != value
+        assert {k for k, v in flat_keys(resumed).items() if flat_keys(saved).get(k) != v} == {key}
+    else:
+        with pytest.raises(CnnctlError) as info:
+            resolve_run(None, overrides=sets, **resume)
+        assert info.value.exit_code == 2
+        assert str(info.value).startswith("--resume: changing ") and "would make this a different run" in str(info.value)
+        assert f"{key} ({flat_keys(saved).get(key)!r} -> " in str(info.value)
+
+
+@pytest.mark.parametrize("sets", [["train.early_stopping.patience=3"], ["train.early_stopping={monitor: val_acc}"]],
+                         ids=["patience", "section"])
+def test_resume_refuses_turning_early_stopping_on(cli, finished_runs, sets):
+    run = finished_runs["without"]
+    before = (run / "last.pt").read_bytes()
+    result = cli("train", "--resume", run, *[a for kv in sets for a in ("--set", kv)])  # accepted: "already finished"
+    assert result.exit_code == 2, result.output
+    assert "different run" in result.stderr and "train.early_stopping" in result.stderr
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_resume_refuses_turning_early_stopping_off(cli, finished_runs):
+    run = finished_runs["with"]
+    result = cli("train", "--resume", run, "--set", "train.early_stopping=null")
+    assert result.exit_code == 2, result.output
+    assert "different run" in result.stderr and "train.early_stopping" in result.stderr
+
+
+def test_resume_with_allowed_changes_trains_on(cli, finished_runs, tmp_path):
+    """The allowed keys really are accepted: extending with several of them trains epochs 3 and 4."""
+    run = tmp_path / "with"
+    shutil.copytree(finished_runs["with"], run)
+    result = cli("train", "--resume", run, "--set", "train.epochs=4", "--set", "train.early_stopping.patience=9",
+                 "--set", "data.workers=0", "--set", "train.checkpoint.save_every=2")
+    assert result.exit_code == 0, result.output
+    assert [int(r["epoch"]) for r in csv.DictReader((run / "metrics.csv").open())] == [1, 2, 3, 4]
+    saved = load_checkpoint(run / "last.pt")["config"]
+    assert saved["train"]["epochs"] == 4 and saved["train"]["early_stopping"]["patience"] == 9

@@ -312,3 +312,21 @@ def test_summary_counts_the_dnn_vs_cnn_parameters_the_readme_states(cli, tmp_pat
     assert "layers.0 shares 8 kernels of 3x3x3 = 216 weights (+8 biases)" in conv.stdout
     assert re.search(r"layers\.0 +Conv2d +8x32x32 +224 ", conv.stdout)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_summary_marks_frozen_layers_and_counts_trainable_and_frozen(cli, tmp_path):
+    """train.freeze: body, as training starts; model.pretrained builds torchvision's layout (the 7x7 stem at 32 px)
+    without reading any weights file."""
+    path = tmp_path / "frozen.yaml"
+    path.write_text("data: {dataset: fake, image_size: 32, num_classes: 5}\n"
+                    "model: {arch: resnet18, pretrained: true}\ntrain: {freeze: body}\n")
+    result = cli("summary", path)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(("conv1 ", "fc ", "layer4.1.bn2 "))}
+    assert rows["conv1"].endswith("  frozen") and rows["layer4.1.bn2"].endswith("  frozen")
+    assert not rows["fc"].endswith("frozen")
+    assert rows["conv1"].split()[1:3] == ["Conv2d", "64x16x16"]  # 7x7/2 conv: torchvision's stem
+    assert "11,179,077 parameters (2,565 trainable, 11,176,512 frozen)" in result.stdout
+    doc = json.loads(cli("summary", path, "--json").stdout)
+    assert doc["frozen_params"] == 11_176_512 and doc["trainable_params"] == 2_565
+    assert [r["name"] for r in doc["layers"] if r.get("frozen")][:2] == ["conv1", "bn1"]

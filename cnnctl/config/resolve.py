@@ -23,7 +23,7 @@ from cnnctl.errors import ConfigError, UsageError
 # Keys that may change on --resume without changing what the run means (the README lists them).
 RESUME_ALLOWED = (
     "name", "out", "train.epochs", "train.device", "train.threads", "train.compile", "train.tensorboard",
-    "train.record_gradients_every", "train.record_activations",
+    "train.record_gradients_every", "train.record_activations", "train.cache_features",
     "train.early_stopping.patience", "train.early_stopping.min_delta", "train.early_stopping.restore_best",
     "train.checkpoint.save_every", "train.checkpoint.save_every_steps", "data.root", "data.download", "data.workers",
     "data.eval_batch_size", "data.cache", "data.cache_dir", "data.cache_verify",
@@ -54,7 +54,8 @@ def resolve_run(config: Config | dict[str, Any] | str | Path | None = None, *, o
     ``out`` like any other. The run name is the given one, else the config's, else (a fresh run from a file) the
     file's stem. A resumed run stays where it is: it keeps its name and out (a config file's do not move it), and a
     ``--name`` / ``--out`` (or ``--set``) naming another place is refused (``_check_stays``). On resume every changed
-    key must be one of ``RESUME_ALLOWED``. Torch-free.
+    key must be one of ``RESUME_ALLOWED``. ``model.pretrained``'s weights fill in what the config leaves open
+    (``models.pretrained.apply_weight_defaults``). Torch-free, but for a config that names pretrained weights.
     """
     overrides = list(overrides)
     extra = [f"{key}={_yaml_scalar(value)}" for key, value in (("name", name), ("out", out)) if value is not None]
@@ -83,6 +84,10 @@ def resolve_run(config: Config | dict[str, Any] | str | Path | None = None, *, o
     if data.get("name") is None:
         data["name"] = default_name
     resolved = validate_config(data, source, overrides + extra)
+    if resolved.model.pretrained:  # torchvision is imported here only for a config that names its weights
+        from cnnctl.models.pretrained import apply_weight_defaults
+
+        resolved = apply_weight_defaults(resolved, source)
     if saved is not None:
         before = validate_config(saved, str(resume_from))
         _check_stays(before, resolved, Path(resume_from).parent, {"name": name, "out": out}, overrides)

@@ -154,8 +154,9 @@ def _weight_sharing(name: str, conv: nn.Conv2d, x: torch.Tensor, out: torch.Tens
 
 def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """One row per call of a leaf layer (``name``, ``kind``, ``output_shape``, ``params``, ``macs``; ``p`` for
-    dropout) and the totals (``depth``, ``params``, ``trainable_params``, ``macs`` per image, ``size_mb`` of float32
-    weights), from a forward pass of one zero image. A layer called twice (a ResNet block's ``relu``) has two rows,
+    dropout; ``frozen`` for a layer whose parameters all have ``requires_grad=False``, as ``train.freeze`` leaves
+    them) and the totals (``depth``, ``params``, ``trainable_params``, ``frozen_params``, ``macs`` per image,
+    ``size_mb`` of float32 weights), from a forward pass of one zero image. A layer called twice (a ResNet block's ``relu``) has two rows,
     its parameters on the first. Dropout at p = 0 does nothing and has no row.
 
     ``weight_sharing`` compares the first convolution with a fully-connected layer making the same output from the
@@ -177,6 +178,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
         row = {"name": name, "kind": type(m).__name__, "output_shape": shape, "params": params, "macs": _macs(m, out)}
         if isinstance(m, nn.modules.dropout._DropoutNd):
             row["p"] = m.p
+        if params and not any(p.requires_grad for p in m.parameters()):
+            row["frozen"] = True
         rows.append(row)
         if isinstance(m, nn.Conv2d) and not sharing and args and isinstance(args[0], torch.Tensor):
             sharing.update(_weight_sharing(name, m, args[0], out))
@@ -184,11 +187,13 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     with LongestPath() as path:
         longest = path.depth(_run_hooked(model, input_shape, hook))
     params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "input_shape": list(input_shape),
         "depth": longest,
         "params": params,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "trainable_params": trainable,
+        "frozen_params": params - trainable,
         "macs": sum(r["macs"] for r in rows),
         "size_mb": params * 4 / 2**20,
         "unlisted_params": params - sum(r["params"] for r in rows),
@@ -231,12 +236,13 @@ def format_summary(summary: dict[str, Any], *, title: str = "") -> str:
     for r, kind in zip(rows, kinds, strict=True):
         lines.append(
             f"{r['name']:<{w_name}}  {kind:<{w_kind}}  {_shape(r['output_shape']):>{w_out}}  "
-            f"{r['params']:>12,}  {r['macs']:>15,}"
+            f"{r['params']:>12,}  {r['macs']:>15,}" + ("  frozen" if r.get("frozen") else "")
         )
     lines.append("-" * len(header))
+    frozen = f", {summary['frozen_params']:,} frozen" if summary.get("frozen_params") else ""
     lines.append(
         f"input {_shape(summary['input_shape'])}: {summary['params']:,} parameters "
-        f"({summary['trainable_params']:,} trainable), {summary['macs']:,} multiply-adds per image "
+        f"({summary['trainable_params']:,} trainable{frozen}), {summary['macs']:,} multiply-adds per image "
         f"({_human(summary['macs'])}), {summary['size_mb']:.2f} MB of float32 weights"
     )
     if "depth" in summary:
@@ -456,13 +462,19 @@ def check_input(model: nn.Module, *, arch: str, in_channels: int, image_size: tu
 
 
 def network_summary(cfg: Any, *, explain_layers: bool = False) -> tuple[dict[str, Any], str]:
-    """``cnnctl summary``: the config's network on the data's input shape; returns (JSON document, text)."""
+    """``cnnctl summary``: the config's network on the data's input shape, as training starts it (at the image size
+    pretrained weights bring, with ``train.freeze``'s layers frozen); returns (JSON document, text)."""
     from cnnctl.data.spec import input_spec
+    from cnnctl.models.pretrained import apply_weight_defaults
     from cnnctl.models.registry import create_model
+    from cnnctl.training.freeze import resolve_freeze, set_frozen
 
+    cfg = apply_weight_defaults(cfg)
     channels, size, classes = input_spec(cfg.data)
     model = create_model(cfg.model, in_channels=channels, image_size=size, num_classes=classes)
     check_input(model, arch=cfg.model.arch, in_channels=channels, image_size=size)
+    if cfg.train.freeze:
+        set_frozen(model, resolve_freeze(model, cfg.train.freeze, cfg.model.arch), True)
     shape = (channels, *size)
     result = {"arch": cfg.model.arch, "num_classes": classes, **summarize(model, shape)}
     title = f"{cfg.model.arch} on {cfg.data.dataset} ({_shape(shape)} input, {classes} classes)"

@@ -104,4 +104,6 @@ def _builder(cfg: ModelConfig, *, in_channels: int, image_size: tuple[int, int],
             kwargs[key] = value
         elif value != unset:
             raise ConfigError(f"model.{key}: arch {cfg.arch!r} has no such option; remove it (set it back to {unset!r})")
+    if cfg.pretrained and kwargs.get("stem") == "auto":
+        kwargs["stem"] = "imagenet"  # torchvision's weights fit its ImageNet stem and head, at any image size
     return functools.partial(builder, **kwargs)

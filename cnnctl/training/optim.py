@@ -122,22 +122,39 @@ for _info in (
     OPTIMIZERS.add(_info.name, _info)
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool, *,
+                 frozen: frozenset[str] = frozenset(), frozen_lr: float | None = None) -> list[dict[str, Any]]:
     """The trainable parameters in one group with ``weight_decay``, or, when ``decay_bias_and_norm`` is false,
-    in two: biases and all other 1-D tensors (normalization weights) get none, as timm's ``filter_bias_and_bn``."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    in two: biases and all other 1-D tensors (normalization weights) get none, as timm's ``filter_bias_and_bn``.
+
+    The parameters named in ``frozen`` (``train.freeze``) come after the others, in groups of their own marked
+    ``"frozen": True`` with ``lr`` ``frozen_lr``: the optimizer holds them from the start, so its groups and the
+    schedule stay the same across the unfreeze (a resumed run restores them as saved), and while they have no
+    gradient torch's optimizers skip them."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or n in frozen]
+    groups = _decay_groups([(n, p) for n, p in named if n not in frozen], weight_decay, decay_bias_and_norm)
+    for group in _decay_groups([(n, p) for n, p in named if n in frozen], weight_decay, decay_bias_and_norm):
+        groups.append({**group, "frozen": True, **({"lr": frozen_lr} if frozen_lr is not None else {})})
+    return groups
+
+
+def _decay_groups(named: list[tuple[str, Any]], weight_decay: float, decay_bias_and_norm: bool) -> list[dict[str, Any]]:
     if decay_bias_and_norm or weight_decay == 0:
-        return [{"params": [p for _, p in named], "weight_decay": weight_decay}]
+        return [{"params": [p for _, p in named], "weight_decay": weight_decay}] if named else []
     no_decay = [p for n, p in named if p.ndim <= 1 or n.endswith(".bias")]
     decay = [p for n, p in named if not (p.ndim <= 1 or n.endswith(".bias"))]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
-def create_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.name`` over ``model``'s trainable parameters (see ``param_groups``)."""
+def create_optimizer(model: nn.Module, cfg: OptimizerConfig, *, frozen: frozenset[str] = frozenset(),
+                     frozen_lr_factor: float = 1.0) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.name`` over ``model``'s trainable parameters and the ``frozen`` ones, whose groups get
+    ``frozen_lr_factor`` x ``cfg.lr`` (see ``param_groups``)."""
     info: OptimInfo = OPTIMIZERS.get(cfg.name)
-    return info.build(param_groups(model, cfg.weight_decay, cfg.decay_bias_and_norm), cfg)
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_bias_and_norm, frozen=frozen,
+                          frozen_lr=cfg.lr * frozen_lr_factor if frozen else None)
+    return info.build(groups, cfg)
 
 
 # ---------------------------------------------------------------- schedules

@@ -56,8 +56,9 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def layers_with_params(model: nn.Module, example: torch.Tensor | None = None) -> list[tuple[str, nn.Module]]:
-    """Modules that own trainable parameters directly, in forward order.
+def layers_with_params(model: nn.Module, example: torch.Tensor | None = None, *,
+                       include_frozen: bool = False) -> list[tuple[str, nn.Module]]:
+    """Modules that own trainable parameters directly (``include_frozen``: or frozen ones), in forward order.
 
     Without ``example`` the order is registration order, which is the forward order of ``nn.Sequential`` stacks
     (custom nets, VGG, LeNet) and of torchvision's ResNets (``conv1, bn1, layer1..4, fc``; a block's downsample
@@ -67,7 +68,7 @@ def layers_with_params(model: nn.Module, example: torch.Tensor | None = None) ->
     """
     model = unwrap(model)
     found = [(name, m) for name, m in model.named_modules()
-             if any(p.requires_grad for p in m.parameters(recurse=False))]
+             if any(p.requires_grad or include_frozen for p in m.parameters(recurse=False))]
     if example is None:
         return found
     seen: list[nn.Module] = []
@@ -90,25 +91,29 @@ class GradientRecorder:
     """Per-layer gradient norm and update-to-weight ratio, sampled every ``every_n_steps`` steps, per epoch.
 
     A layer is a module owning trainable parameters directly (a conv's weight and bias together); its norms are
-    over all of them, as one vector. Frozen parameters are left out; a parameter whose ``grad`` is None on a
-    sampled step adds nothing, and a layer with no gradient at all that step is not counted in its mean.
+    over all of them, as one vector. Frozen parameters are left out, unless ``include_frozen`` (a training run,
+    where ``train.freeze`` may release them later): then a layer whose parameters are all frozen at the end of an
+    epoch is marked ``frozen`` in its row, so a plot tells it from a vanishing gradient. A parameter whose
+    ``grad`` is None on a sampled step adds nothing, and a layer with no gradient at all that step is not
+    counted in its mean.
 
     Cost: nothing on steps that are not sampled. On a sampled step, one norm per parameter tensor (fused),
     a copy of the weights between the two calls, and a few small device ops; the sums stay on the device and are
     read once, in ``end_epoch``.
     """
 
-    def __init__(self, model: nn.Module, every_n_steps: int = 10, *, example: torch.Tensor | None = None) -> None:
+    def __init__(self, model: nn.Module, every_n_steps: int = 10, *, example: torch.Tensor | None = None,
+                 include_frozen: bool = False) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, not {every_n_steps}")
         self.every_n_steps = every_n_steps
-        layers = layers_with_params(model, example)
+        layers = layers_with_params(model, example, include_frozen=include_frozen)
         self.layer_names = [name or type(m).__name__ for name, m in layers]
         self.params: list[nn.Parameter] = []
         owner: list[int] = []
         for i, (_, m) in enumerate(layers):
             for p in m.parameters(recurse=False):
-                if p.requires_grad:
+                if p.requires_grad or include_frozen:
                     self.params.append(p)
                     owner.append(i)
         self._owner = owner
@@ -188,6 +193,9 @@ class GradientRecorder:
         ``epoch`` is 1-based, as in metrics.csv. A layer with no sampled gradient gets None values.
         """
         sums = self._sums.cpu().tolist()  # the one host sync of the epoch
+        trains = [False] * len(self.layer_names)
+        for i, p in zip(self._owner, self.params, strict=True):
+            trains[i] = trains[i] or p.requires_grad
         rows = []
         for i, name in enumerate(self.layer_names):
             n = int(sums[3][i])
@@ -195,7 +203,7 @@ class GradientRecorder:
                          "grad_norm": sums[0][i] / n if n else None,
                          "update_ratio": sums[1][i] / n if n else None,
                          "weight_norm": sums[2][i] / n if n else None,
-                         "steps_sampled": n})
+                         "steps_sampled": n, "frozen": not trains[i]})
         self.rows.extend(rows)
         self._reset()
         return rows
@@ -219,17 +227,26 @@ class GradientRecorder:
         self.rows = [dict(r) for r in state.get("rows", [])]
 
     def write_csv(self, path: str | Path) -> Path:
-        """``gradients.csv``: one row per epoch and layer, columns ``GRADIENT_COLUMNS``, written atomically."""
+        """``gradients.csv``: one row per epoch and layer, columns ``GRADIENT_COLUMNS`` (and ``frozen``, 0 or 1, when
+        a layer was frozen: ``train.freeze``), written atomically."""
         from cnnctl.training.checkpoint import write_text
 
+        columns = GRADIENT_COLUMNS + (["frozen"] if any(r.get("frozen") for r in self.rows) else [])
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=GRADIENT_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({k: ("" if row[k] is None else repr(row[k]) if isinstance(row[k], float) else row[k])
-                             for k in GRADIENT_COLUMNS})
+            writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
         write_text(path, buffer.getvalue())
         return Path(path)
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    return repr(value) if isinstance(value, float) else value
 
 
 def read_gradients(path: str | Path) -> list[dict[str, Any]]:
@@ -239,6 +256,7 @@ def read_gradients(path: str | Path) -> list[dict[str, Any]]:
         for r in csv.DictReader(f):
             row: dict[str, Any] = {"epoch": int(r["epoch"]), "layer": r["layer"], "steps_sampled": int(r["steps_sampled"])}
             row.update({k: float(r[k]) if r[k] else None for k in ("grad_norm", "update_ratio", "weight_norm")})
+            row["frozen"] = r.get("frozen") == "1"
             rows.append(row)
     return rows
 
@@ -402,10 +420,38 @@ def plot_gradients(rows: Sequence[dict[str, Any]], path: str | Path, *, title: s
         _epoch_lines(ax, fig, layers, by_epoch, log=True)
         ax.set_ylabel(label)
         ax.set_xlabel("layer (input -> output)")
+    for ax in (ax_g, ax_u):
+        _shade_frozen(ax, layers, rows)
     ax_u.axhline(1e-3, color="grey", linestyle="--", linewidth=0.8)
     ax_u.annotate("1e-3", (0, 1e-3), fontsize=7, color="grey", va="bottom")
     fig.suptitle(title or "gradient flow (mean over sampled steps)")
     return save_figure(fig, Path(path))
+
+
+def _shade_frozen(ax: Any, layers: list[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Grey bands, labelled, over the layers ``train.freeze`` held (no line there: they had no gradient, which is
+    not a vanishing one). A band says in which epochs when the layers were released during the run."""
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    held = {name: [int(r["epoch"]) for r in rows if r["layer"] == name and r.get("frozen")] for name in layers}
+    label = {name: _frozen_label(e, epochs) for name, e in held.items() if e}
+    i = 0
+    while i < len(layers):
+        text = label.get(layers[i])
+        j = i
+        while text and j + 1 < len(layers) and label.get(layers[j + 1]) == text:
+            j += 1
+        if text:
+            ax.axvspan(i - 0.5, j + 0.5, color="grey", alpha=0.18, linewidth=0)
+            ax.text((i + j) / 2, 0.98, text, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8,
+                    color="dimgrey")
+        i = j + 1
+
+
+def _frozen_label(frozen_epochs: list[int], epochs: list[int]) -> str:
+    if frozen_epochs == epochs:
+        return "frozen"
+    first, last = frozen_epochs[0], frozen_epochs[-1]
+    return f"frozen (epoch {first})" if first == last else f"frozen (epochs {first}-{last})"
 
 
 def plot_activations(stats_by_epoch: dict[int, list[dict[str, Any]]], path: str | Path, *, title: str = "") -> Path:

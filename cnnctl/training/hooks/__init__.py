@@ -16,6 +16,7 @@ from cnnctl.training.hooks.tensorboard import (
     hparam_values,
     require_tensorboard,
 )
+from cnnctl.training.hooks.unfreeze import Unfreeze
 
 __all__ = [
     "Hook",
@@ -42,4 +43,5 @@ __all__ = [
     "Interruption",
     "GradientRecorderHook",
     "ActivationStatsHook",
+    "Unfreeze",
 ]

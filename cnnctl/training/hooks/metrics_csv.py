@@ -12,15 +12,17 @@ from cnnctl.training.hooks.progress import epoch_line
 
 if TYPE_CHECKING:
     from cnnctl.training.hooks.best_metric import BestMetric
-    from cnnctl.training.run import Run
+    from cnnctl.training.state import Run
 
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
+# Written only when a row has them: the frozen layers' lr of a fine-tuning schedule (the Unfreeze hook)
+OPTIONAL_COLUMNS = ["lr_frozen"]
 
 
 class MetricsCSV(Hook):
     """metrics.csv rewritten whole after each epoch (atomically: a kill never leaves half a row) and the epoch's
-    log line, marked when ``best`` (the run's BestMetric, handed over by the run) improved this epoch. Rank 0 only."""
+    log line, marked when ``best`` (the run's BestMetric, handed over by assembly) improved this epoch. Rank 0 only."""
 
     def __init__(self, run_dir: Path, best: BestMetric) -> None:
         self.run_dir, self.best = run_dir, best
@@ -34,11 +36,12 @@ class MetricsCSV(Hook):
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     from cnnctl.training.checkpoint import write_text
 
+    columns = METRIC_COLUMNS + [k for k in OPTIONAL_COLUMNS if any(k in row for row in history)]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: _csv_value(row.get(k)) for k in METRIC_COLUMNS})
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
     write_text(run_dir / "metrics.csv", buffer.getvalue())
 
 

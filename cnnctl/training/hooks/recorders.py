@@ -11,12 +11,12 @@ from cnnctl.training.hooks.tensorboard import TensorBoard
 
 if TYPE_CHECKING:
     from cnnctl.training.engine import EpochState
-    from cnnctl.training.run import Run
+    from cnnctl.training.state import Run
 
 
 def _writer(tensorboard: TensorBoard | None) -> Any:
     """The open SummaryWriter of the TensorBoard hook the run handed this recorder, if any: the recorders add their
-    scalars to it, and it flushes after them, being later in the hook list (``run._hooks``)."""
+    scalars to it, and it flushes after them, being later in the hook list (``assembly._hooks``)."""
     return tensorboard.writer if tensorboard is not None else None
 
 
@@ -33,7 +33,8 @@ class GradientRecorderHook(Hook):
         from cnnctl.training.recorders import GradientRecorder
 
         self.run_dir, self.tensorboard = run_dir, tensorboard
-        self.recorder = GradientRecorder(model, every_n_steps)
+        # Frozen layers too: train.freeze may release them, and gradients.png marks them while they are held.
+        self.recorder = GradientRecorder(model, every_n_steps, include_frozen=True)
 
     def wants_unscaled_gradients(self, run: Run, state: EpochState) -> bool:
         return self.recorder.is_sampled(state.step)

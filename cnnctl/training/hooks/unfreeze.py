@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.training.features import CachedPhase, build_cached_phase, cache_problem
-from cnnctl.training.freeze import Frozen, is_frozen, set_frozen
 from cnnctl.training.hooks.base import Hook, log
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where a run uses them: `cnnctl tune` imports the hooks before torch
     import torch
 
     from cnnctl.training.engine import EpochState
+    from cnnctl.training.features import CachedPhase
+    from cnnctl.training.freeze import Frozen
     from cnnctl.training.state import Run
 
 
@@ -36,6 +36,8 @@ class Unfreeze(Hook):
         return self.freeze_epochs is None or epoch < self.freeze_epochs
 
     def on_epoch_start(self, run: Run, state: EpochState) -> None:
+        from cnnctl.training.freeze import is_frozen, set_frozen
+
         frozen = self.frozen_at(run.epoch)
         if is_frozen(run.model, self.frozen) != frozen:
             set_frozen(run.model, self.frozen, frozen)
@@ -46,6 +48,8 @@ class Unfreeze(Hook):
             self._use_cache(run)
 
     def _use_cache(self, run: Run) -> None:
+        from cnnctl.training.features import build_cached_phase, cache_problem
+
         if not self.cache_decided:
             self.cache_decided = True
             problem = cache_problem(run, self.frozen)

@@ -204,7 +204,7 @@ def test_the_freeze_keys_may_not_change_on_resume(scheduled, cli, change):
 
 def test_frozen_layers_are_shaded_and_labelled_in_gradients_png():
     from cnnctl.insight.plots import subplots
-    from cnnctl.training.recorders import _shade_frozen
+    from cnnctl.training.recorder_plots import _shade_frozen
 
     rows_ = [{"epoch": e, "layer": name, "frozen": name != "fc" and e == 1} for e in (1, 2) for name in ("a", "b", "fc")]
     fig, axes = subplots(1, 1, figsize=(4, 3), squeeze=False)

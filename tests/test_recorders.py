@@ -9,13 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from cnnctl.training.recorder_plots import plot_activations, plot_gradients
 from cnnctl.training.recorders import (
     GradientRecorder,
     activation_stats,
     gradient_summary,
     layers_with_params,
-    plot_activations,
-    plot_gradients,
     read_gradients,
     tensorboard_scalars,
 )

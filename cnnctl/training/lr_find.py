@@ -218,9 +218,9 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], r
                  path: Path, *, title: str = "") -> Path:
     """Loss against lr (log x): raw and smoothed, with both readings marked and the printed one labelled."""
     from cnnctl.insight.plots import save_figure
-    from cnnctl.training.recorders import _figure
+    from cnnctl.training.recorder_plots import figure
 
-    fig, (ax,) = _figure((7.0, 4.5), 1)
+    fig, (ax,) = figure((7.0, 4.5), 1)
     ax.plot(lrs, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="loss")
     ax.plot(lrs, smoothed, color="tab:blue", linewidth=1.6, label="smoothed loss")
     ax.set_xscale("log")

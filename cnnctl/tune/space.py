@@ -19,24 +19,15 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Discriminator,
-    Field,
-    StrictBool,
     Tag,
     TypeAdapter,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 from pydantic.fields import FieldInfo
 
@@ -54,211 +45,41 @@ from cnnctl.config import (
 )
 from cnnctl.errors import CnnctlError, ConfigError, ShapeError
 from cnnctl.registry import did_you_mean
+from cnnctl.tune.distributions import (
+    KINDS,
+    BaseDistribution,
+    Choice,
+    IntRange,
+    LogUniform,
+    Uniform,
+    kind_of,
+    shown,
+    yaml_value,
+)
 
 log = logging.getLogger("cnnctl.tune")
 
-KINDS = ("uniform", "loguniform", "int", "choice")
 SET_BY_TUNE = ("name", "out")  # every trial gets its own run name and the study folder
 # Keys that change the network or the input it is given; their values are built and run once before the study.
 SHAPE_KEYS = ("model.", "data.dataset", "data.image_size", "data.channels", "data.num_classes")
 SHAPE_COMBOS = 64  # beyond this many networks, each value is checked beside the others' first values only
 # Pydantic error types that mean "the right kind of value, out of range" rather than "the wrong kind".
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"}
-# PyYAML reads 1e-4 (no dot) as a string; accept it as the number everyone means.
-_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _EXAMPLES = ("{uniform: [0.0, 0.5]}, {loguniform: [1.0e-4, 1.0e-1]}, {int: [1, 8]}, {choice: [a, b]} "
              "or a plain list [a, b]")
 
 
-# ---------------------------------------------------------------- the language
+# ---------------------------------------------------------------- a value's distribution, by its kind
 
 
-def _exponent(value: Any) -> Any:
-    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()) else value
-
-
-def _number(value: Any) -> float | int:
-    value = _exponent(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"needs a finite number, not {short_repr(value)}")
-    return value
-
-
-def _whole(value: Any) -> int:
-    value = _number(value)
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"needs a whole number, not {value:g}")
-    return int(value)
-
-
-def _scalar(value: Any) -> Any:
-    value = _exponent(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{value} is not a finite number")
-    if value is not None and not isinstance(value, (bool, int, float, str)):
-        raise ValueError(f"choice values are numbers, strings, true/false or null (optuna samples no lists or "
-                         f"mappings); got {short_repr(value)}")
-    return value
-
-
-# Plain validators rather than unions of strict types: one message per bad value, and no bool taken for a number.
-Number = Annotated[Any, AfterValidator(_number)]
-Whole = Annotated[Any, AfterValidator(_whole)]
-Value = Annotated[Any, AfterValidator(_scalar)]
-
-
-class _Distribution(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def probes(self) -> list[Any]:
-        """Values checked against the config before any trial."""
-        raise NotImplementedError
-
-    def _ordered(self) -> None:
-        low, high = self.bounds  # type: ignore[attr-defined]
-        if low > high:
-            raise ValueError(f"{self.describe()}: low is greater than high; swap them")
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-
-class Uniform(_Distribution):
-    """``{uniform: [low, high]}``, optionally ``step: s`` (a grid of low, low+s, ...) or ``log: true``."""
-
-    bounds: tuple[Number, Number] = Field(alias="uniform")
-    step: Annotated[Number, Field(gt=0)] | None = None
-    log: StrictBool = False
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Uniform:
-        self._ordered()
-        if self.step is not None and self.log:
-            raise ValueError("give step or log: true, not both (a log scale has no fixed step)")
-        if self.log and self.bounds[0] <= 0:
-            raise ValueError(f"{self.describe()}: log: true needs low > 0 (a log scale has no 0)")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return "loguniform" if self.log else "uniform"
-
-    def suggest(self, trial: Any, key: str) -> float:
-        return trial.suggest_float(key, self.bounds[0], self.bounds[1], step=self.step, log=self.log)
-
-    def probes(self) -> list[Any]:
-        low, high = self.bounds
-        inner = math.sqrt(low * high) if self.log else low + 0.37 * (high - low)  # a fractional inner point
-        return [low, inner, high]
-
-    def describe(self) -> str:
-        return f"{self.kind} [{self.bounds[0]:g}, {self.bounds[1]:g}]" + (f", step {self.step:g}" if self.step else "")
-
-
-class LogUniform(_Distribution):
-    """``{loguniform: [low, high]}``: uniform on a log scale (``uniform`` with ``log: true``)."""
-
-    bounds: tuple[Number, Number] = Field(alias="loguniform")
-
-    @model_validator(mode="after")
-    def _positive(self) -> LogUniform:
-        self._ordered()
-        low, high = self.bounds
-        if low <= 0:
-            raise ValueError(f"{self.describe()}: low must be > 0 (a log scale has no 0); e.g. [1.0e-5, {high:g}]")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return "loguniform"
-
-    def suggest(self, trial: Any, key: str) -> float:
-        return trial.suggest_float(key, self.bounds[0], self.bounds[1], log=True)
-
-    def probes(self) -> list[Any]:
-        low, high = self.bounds
-        return [low, math.sqrt(low * high), high]
-
-    def describe(self) -> str:
-        return f"loguniform [{self.bounds[0]:g}, {self.bounds[1]:g}]"
-
-
-class IntRange(_Distribution):
-    """``{int: [low, high]}``: whole numbers, optionally ``step: s`` or ``log: true``."""
-
-    bounds: tuple[Whole, Whole] = Field(alias="int")
-    step: Annotated[Whole, Field(ge=1)] | None = None
-    log: StrictBool = False
-
-    @model_validator(mode="after")
-    def _consistent(self) -> IntRange:
-        self._ordered()
-        low, high = self.bounds
-        if self.step is not None and self.log:
-            raise ValueError("give step or log: true, not both (a log scale has no fixed step)")
-        if self.step is not None and (high - low) % self.step:
-            raise ValueError(f"{self.describe()}: high - low is not a multiple of the step; e.g. "
-                             f"[{low}, {high - (high - low) % self.step}]")
-        if self.log and low <= 0:
-            raise ValueError(f"{self.describe()} with log: true needs low >= 1")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return "int"
-
-    def suggest(self, trial: Any, key: str) -> int:
-        return trial.suggest_int(key, self.bounds[0], self.bounds[1], step=self.step or 1, log=self.log)
-
-    def probes(self) -> list[Any]:
-        return list(self.bounds)
-
-    def describe(self) -> str:
-        extra = (f", step {self.step}" if self.step else "") + (", log" if self.log else "")
-        return f"int [{self.bounds[0]}, {self.bounds[1]}]{extra}"
-
-
-class Choice(_Distribution):
-    """``{choice: [a, b, ...]}`` or a plain list: numbers, strings, true/false or null."""
-
-    values: list[Value] = Field(alias="choice")
-
-    @field_validator("values")
-    @classmethod
-    def _distinct(cls, values: list[Any]) -> list[Any]:
-        if not values:
-            raise ValueError("choice needs a non-empty list of values, e.g. {choice: [sgd, adam]}")
-        if len({repr(v) for v in values}) != len(values):
-            twice = next(v for i, v in enumerate(values) if repr(v) in {repr(u) for u in values[:i]})
-            raise ValueError(f"choice lists {_shown(twice)} twice")
-        return values
-
-    @property
-    def kind(self) -> str:
-        return "choice"
-
-    def suggest(self, trial: Any, key: str) -> Any:
-        return trial.suggest_categorical(key, list(self.values))
-
-    def probes(self) -> list[Any]:
-        return list(self.values)
-
-    def describe(self) -> str:
-        return f"choice {yaml_value(list(self.values))}"
-
-
-_MODELS: dict[str, type[_Distribution]] = {"uniform": Uniform, "loguniform": LogUniform, "int": IntRange,
+_MODELS: dict[str, type[BaseDistribution]] = {"uniform": Uniform, "loguniform": LogUniform, "int": IntRange,
                                            "choice": Choice}
-
-
-def _kind_of(spec: Any) -> str | None:
-    return next((k for k in KINDS if k in spec), None) if isinstance(spec, dict) else None
 
 
 Distribution = Annotated[
     Annotated[Uniform, Tag("uniform")] | Annotated[LogUniform, Tag("loguniform")] | Annotated[IntRange, Tag("int")]
     | Annotated[Choice, Tag("choice")],
-    Discriminator(_kind_of),
+    Discriminator(kind_of),
 ]
 _DISTRIBUTION: TypeAdapter[Any] = TypeAdapter(Distribution)
 
@@ -321,7 +142,7 @@ def load_space(path: Path, base: dict[str, Any], source: str, *, grid: bool) -> 
         for value in p.probes():
             problem = _config_problem(base, {p.key: value})
             if problem and not _any_valid(base, {p.key: value}, others):
-                raise ConfigError(f"{clip(p.describe(), 120)}: the config refuses {p.key}={_shown(value)} whatever the "
+                raise ConfigError(f"{clip(p.describe(), 120)}: the config refuses {p.key}={shown(value)} whatever the "
                                   f"space's other values: {clip(problem, 400)}", file=str(path), key=p.key)
     numeric = [p for p in params if p.kind != "choice"]
     choices = [p for p in params if p.kind == "choice"]
@@ -407,11 +228,6 @@ def _format_distribution_error(error: ValidationError, path: Path, key: str, kin
     return "\n".join(dict.fromkeys(lines))
 
 
-def _shown(value: Any) -> str:
-    """A value as a space file would write it, cut short: a huge value never makes a huge message."""
-    return clip(yaml_value(value), 60)
-
-
 # ---------------------------------------------------------------- the config schema
 
 
@@ -441,7 +257,7 @@ def _field_adapter(field: FieldInfo) -> TypeAdapter[Any]:
     return TypeAdapter(annotation)
 
 
-def _check_field_type(path: Path, key: str, field: FieldInfo, dist: _Distribution) -> None:
+def _check_field_type(path: Path, key: str, field: FieldInfo, dist: BaseDistribution) -> None:
     """Validate what the distribution can draw with the field's own type: strictly for numbers drawn by a sampler
     (a 0/1 is no true/false, 2.5 is no batch size), as a config file would be read for listed choices."""
     adapter = _field_adapter(field)
@@ -454,7 +270,7 @@ def _check_field_type(path: Path, key: str, field: FieldInfo, dist: _Distributio
             errors = e.errors()
         reason = errors[-1]["msg"]
         if not numeric:
-            raise ConfigError(f"{clip(dist.describe(), 120)}: {key} cannot be {_shown(value)}: {clip(reason, 120)}",
+            raise ConfigError(f"{clip(dist.describe(), 120)}: {key} cannot be {shown(value)}: {clip(reason, 120)}",
                               file=str(path), key=key)
         if any(err["type"] in _RANGE_ERRORS for err in errors):
             reason = next(err["msg"] for err in errors if err["type"] in _RANGE_ERRORS)
@@ -494,12 +310,6 @@ def _config_problem(base: dict[str, Any], values: dict[str, Any]) -> str | None:
     except ConfigError as e:
         return "; ".join(line.removeprefix(f"{marker}: ") for line in str(e).splitlines())
     return None
-
-
-def yaml_value(value: Any) -> str:
-    """``value`` as the text of a ``--set KEY=VALUE`` that reads back as exactly ``value``."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-    return text.removesuffix("...").strip()
 
 
 def overrides_for(values: dict[str, Any]) -> list[str]:
@@ -554,8 +364,8 @@ def check_networks(path: Path, base: dict[str, Any], source: str, params: list[P
             if not shaping:
                 raise ShapeError(str(e), file=source) from None  # the base config's own network: not the space's fault
             blamed = next((p for p in shaping if p.key == "model.arch"), shaping[0])
-            beside = " ".join(f"{k}={_shown(v)}" for k, v in values.items() if k != blamed.key)
-            value = _shown(values[blamed.key])
+            beside = " ".join(f"{k}={shown(v)}" for k, v in values.items() if k != blamed.key)
+            value = shown(values[blamed.key])
             raise ShapeError(f"{value}{f' (beside {beside})' if beside else ''}: {e}. Remove {value} from the "
                              f"space's {blamed.key}, or keep to values whose networks take the input",
                              file=str(path), key=blamed.key) from None

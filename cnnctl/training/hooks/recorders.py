@@ -57,7 +57,7 @@ class GradientRecorderHook(Hook):
 
     def on_train_end(self, run: Run) -> None:
         # Drawn once, not per epoch: a figure costs ~70 ms, 6% of a 10-epoch lenet5-digits run if drawn each epoch.
-        from cnnctl.training.recorders import plot_gradients
+        from cnnctl.training.recorder_plots import plot_gradients
 
         if self.recorder.rows:
             plot_gradients(self.recorder.rows, self.run_dir / "gradients.png", title=f"{run.config.name}: gradient "
@@ -111,7 +111,7 @@ class ActivationStatsHook(Hook):
                 writer.add_scalar(tag, value, row["epoch"])
 
     def on_train_end(self, run: Run) -> None:
-        from cnnctl.training.recorders import plot_activations
+        from cnnctl.training.recorder_plots import plot_activations
 
         if self.by_epoch:  # drawn once, as gradients.png
             plot_activations(self.by_epoch, self.run_dir / "activations.png",

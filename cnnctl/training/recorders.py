@@ -321,24 +321,7 @@ def activation_stats(model: nn.Module, batches: Iterable[Any], *, tol: float = S
     def hook(name: str, module: nn.Module, out: torch.Tensor) -> None:
         calls[id(module)] = calls.get(id(module), 0) + 1
         key = name if calls[id(module)] == 1 else f"{name}#{calls[id(module)]}"
-        kind = _kind(module)
-        out = out.detach()
-        s = stats.get(key)
-        if s is None:
-            units = out.shape[1] if out.dim() >= 2 else 1
-            s = stats[key] = {"layer": key, "type": type(module).__name__, "units": units, "values": 0,
-                              "_alive": torch.zeros(units, dtype=torch.bool, device=out.device),
-                              "_positive": torch.zeros((), dtype=torch.int64, device=out.device),
-                              "_saturated": torch.zeros((), dtype=torch.int64, device=out.device), "_kind": kind}
-        s["values"] += out.numel()
-        if kind == "rectifier":
-            positive = out > 0
-            per_unit = positive.transpose(0, 1).reshape(s["units"], -1) if out.dim() >= 2 else positive.reshape(1, -1)
-            s["_alive"] |= per_unit.any(dim=1)
-            s["_positive"] += positive.sum()
-        else:
-            low, high = SQUASHERS[type(module)]
-            s["_saturated"] += ((out <= low + tol) | (out >= high - tol)).sum()
+        _accumulate(stats, key, module, out.detach(), tol)
 
     handles = [m.register_forward_hook(lambda mod, _i, out, name=name: hook(name, mod, out)) for name, m in watched]
     pre = model.register_forward_pre_hook(lambda *_: calls.clear())
@@ -353,15 +336,38 @@ def activation_stats(model: nn.Module, batches: Iterable[Any], *, tol: float = S
         pre.remove()
         for h in handles:
             h.remove()
-    rows = []
-    for s in stats.values():  # one sync per layer, after the pass
-        row = {k: v for k, v in s.items() if not k.startswith("_")}
-        if s["_kind"] == "rectifier":
-            dead_units = torch.nonzero(~s["_alive"]).flatten().tolist()
-            row.update(dead=len(dead_units), dead_fraction=len(dead_units) / s["units"], dead_units=dead_units,
-                       active_fraction=int(s["_positive"]) / max(s["values"], 1), saturated_fraction=None)
-        else:
-            row.update(dead=None, dead_fraction=None, dead_units=None, active_fraction=None,
-                       saturated_fraction=int(s["_saturated"]) / max(s["values"], 1))
-        rows.append(row)
-    return rows
+    return [_row(s) for s in stats.values()]  # one sync per layer, after the pass
+
+
+def _accumulate(stats: dict[str, dict[str, Any]], key: str, module: nn.Module, out: torch.Tensor, tol: float) -> None:
+    """Add one call's output to the running sums of layer ``key`` (on the output's device: no sync per batch)."""
+    kind = _kind(module)
+    s = stats.get(key)
+    if s is None:
+        units = out.shape[1] if out.dim() >= 2 else 1
+        s = stats[key] = {"layer": key, "type": type(module).__name__, "units": units, "values": 0,
+                          "_alive": torch.zeros(units, dtype=torch.bool, device=out.device),
+                          "_positive": torch.zeros((), dtype=torch.int64, device=out.device),
+                          "_saturated": torch.zeros((), dtype=torch.int64, device=out.device), "_kind": kind}
+    s["values"] += out.numel()
+    if kind == "rectifier":
+        positive = out > 0
+        per_unit = positive.transpose(0, 1).reshape(s["units"], -1) if out.dim() >= 2 else positive.reshape(1, -1)
+        s["_alive"] |= per_unit.any(dim=1)
+        s["_positive"] += positive.sum()
+    else:
+        low, high = SQUASHERS[type(module)]
+        s["_saturated"] += ((out <= low + tol) | (out >= high - tol)).sum()
+
+
+def _row(s: dict[str, Any]) -> dict[str, Any]:
+    """A layer's running sums as its row of statistics."""
+    row = {k: v for k, v in s.items() if not k.startswith("_")}
+    if s["_kind"] == "rectifier":
+        dead_units = torch.nonzero(~s["_alive"]).flatten().tolist()
+        row.update(dead=len(dead_units), dead_fraction=len(dead_units) / s["units"], dead_units=dead_units,
+                   active_fraction=int(s["_positive"]) / max(s["values"], 1), saturated_fraction=None)
+    else:
+        row.update(dead=None, dead_fraction=None, dead_units=None, active_fraction=None,
+                   saturated_fraction=int(s["_saturated"]) / max(s["values"], 1))
+    return row

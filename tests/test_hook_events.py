@@ -465,8 +465,12 @@ def test_the_recorders_add_their_scalars_to_tensorboard_at_the_epoch(tmp_path, m
     assert (tmp_path / "gradients.csv").read_text().count("\n") == 3  # the header and a row per layer
 
     titles = {}
-    monkeypatch.setattr(recorders, "plot_gradients", lambda rows, path, title: titles.update(gradients=(path, title)))
-    monkeypatch.setattr(recorders, "plot_activations", lambda by, path, title: titles.update(activations=(path, title)))
+    from cnnctl.training import recorder_plots
+
+    monkeypatch.setattr(recorder_plots, "plot_gradients",
+                        lambda rows, path, title: titles.update(gradients=(path, title)))
+    monkeypatch.setattr(recorder_plots, "plot_activations",
+                        lambda by, path, title: titles.update(activations=(path, title)))
     gradients.on_train_end(run)
     activations.on_train_end(run)
     assert titles == {"gradients": (tmp_path / "gradients.png", "r: gradient flow (every 1 steps, mean per epoch)"),

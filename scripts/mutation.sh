@@ -15,6 +15,8 @@ set -euo pipefail
 # ---------------------------------------------------------------- edit here
 # NAME|module file(s) to mutate (globs, comma separated)|fast tests that cover them (pytest arguments)
 # The loop is engine.py (run assembly, run.py, is left out: its tests train whole runs); early stopping and the best metric live in hooks/ (the tests that train a run through the CLI are left out); the resume policy in config/resolve.py.
+# The Unfreeze hook (hooks/unfreeze.py) is mutated but no selected test reaches it: its tests (test_freeze.py,
+# test_features.py) train whole runs through the CLI; its mutants count as survivors.
 MODULES=(
   "hooks|cnnctl/training/hooks/*.py|tests/test_hooks.py tests/test_hook_events.py tests/test_recording.py tests/test_tensorboard.py tests/test_early_stopping.py --deselect tests/test_early_stopping.py::test_early_stopping_min_mode_stops_a_flat_loss --deselect tests/test_early_stopping.py::test_patience_running_out_at_the_last_epoch_of_a_run_is_not_an_early_stop --deselect tests/test_early_stopping.py::test_restore_best_decides_which_weights_the_test_split_sees"
   "metrics|cnnctl/training/metrics.py|tests/test_metrics.py tests/test_properties.py -k 'sklearn or metrics'"
@@ -25,7 +27,7 @@ MODULES=(
   # through the CLI, and every mutant of the validation code ran them all (a few mutants a minute);
   # test_config_edges.py checks the same messages directly. The resume policy runs on a checkpoint's config through
   # resolve_run, not through the CLI tests that train a run first (13 s a mutant).
-  "config|cnnctl/config/*.py|tests/test_config.py tests/test_config_edges.py tests/test_properties.py tests/test_overrides.py::test_set_value_may_hold_equals_signs tests/test_resume.py::test_resolve_run_applies_the_resume_policy_to_each_key_changed_alone tests/test_run.py::test_resolve_run_applies_name_and_out_as_validated_overrides tests/test_run.py::test_resolve_run_on_resume_keeps_the_name_and_refuses_changes_of_meaning -k 'not torch_computes'"
+  "config|cnnctl/config/*.py|tests/test_config.py tests/test_config_edges.py tests/test_fields.py tests/test_properties.py tests/test_overrides.py::test_set_value_may_hold_equals_signs tests/test_resume.py::test_resolve_run_applies_the_resume_policy_to_each_key_changed_alone tests/test_run.py::test_resolve_run_applies_name_and_out_as_validated_overrides tests/test_run.py::test_resolve_run_on_resume_keeps_the_name_and_refuses_changes_of_meaning -k 'not torch_computes'"
   "inference|cnnctl/inference/evaluate.py|tests/test_inference.py tests/test_predict.py::test_predict_topk_above_the_class_count_shows_every_class --deselect tests/test_inference.py::test_eval_on_data_of_other_classes_is_refused --deselect tests/test_inference.py::test_eval_on_data_of_the_same_classes_elsewhere_works"
   "data_split|cnnctl/data/base.py,cnnctl/data/splits.py|tests/test_data.py tests/test_batching.py tests/test_properties.py -k 'not torch_computes'"
   "engine|cnnctl/training/engine.py|tests/test_engine.py tests/test_resume.py::test_in_process_crash_mid_epoch_resumes_exactly tests/test_resume.py::test_nonfinite_loss_exits_1_and_keeps_last_good_checkpoint tests/test_run.py::test_nonfinite_loss_before_any_checkpoint_does_not_claim_one"

@@ -19,8 +19,15 @@ def output_kinds(cells) -> list[list[str]]:
     """Per code cell, the kind of each output: ``stream:stdout``, ``image/png``, ... (stderr left out: progress)."""
     kinds = []
     for cell in (c for c in cells if c["cell_type"] == "code"):
-        kinds.append([f"stream:{o['name']}" if o["output_type"] == "stream" else "+".join(sorted(o.get("data", {})))
-                      for o in cell["outputs"] if o.get("name") != "stderr"])
+        cell_kinds: list[str] = []
+        for o in cell["outputs"]:
+            if o.get("name") == "stderr":
+                continue
+            kind = f"stream:{o['name']}" if o["output_type"] == "stream" else "+".join(sorted(o.get("data", {})))
+            # the kernel cuts one cell's stdout into one or several stream outputs by timing: count it once
+            if not (kind.startswith("stream:") and cell_kinds and cell_kinds[-1] == kind):
+                cell_kinds.append(kind)
+        kinds.append(cell_kinds)
     return kinds
 
 

@@ -79,6 +79,15 @@ def explode_loss_from(monkeypatch: pytest.MonkeyPatch, call: int = 50) -> None:
 # ---------------------------------------------------------------- a tiny config and runs trained once a session
 
 # The smallest digits run worth training: a one-hidden-layer network, one epoch (under a second on 2 cores).
+# A three-epoch LeNet-5 on digits with early stopping on: run resolution, early stopping.
+LENET_DIGITS = """\
+seed: 0
+data: {dataset: digits, batch_size: 64}
+model: {arch: lenet5}
+optimizer: {name: adam, lr: 0.003}
+train: {epochs: 3, threads: 1, early_stopping: {patience: 5}}
+"""
+
 TINY_CONFIG = """\
 data: {dataset: digits, batch_size: 64}
 model: {arch: custom, layers: [flatten, {linear: {out: 16}}, relu, linear]}

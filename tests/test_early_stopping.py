@@ -16,7 +16,7 @@ import pytest
 from cnnctl.errors import UsageError
 from cnnctl.training import hooks
 from cnnctl.training.hooks import BestMetric, EarlyStopping, resolve_mode
-from tests.conftest import write_config
+from tests.conftest import LENET_DIGITS, write_config
 from tests.test_hook_events import fake_run
 
 # ---------------------------------------------------------------- stop epochs and state
@@ -250,13 +250,7 @@ def test_early_stopping_min_mode_stops_a_flat_loss(cli, tmp_path):
     assert summary["best_epoch"] == 1
 
 
-TINY = """\
-seed: 0
-data: {dataset: digits, batch_size: 64}
-model: {arch: lenet5}
-optimizer: {name: adam, lr: 0.003}
-train: {epochs: 3, threads: 1, early_stopping: {patience: 5}}
-"""
+TINY = LENET_DIGITS
 
 
 def test_patience_running_out_at_the_last_epoch_of_a_run_is_not_an_early_stop(cli, tmp_path, monkeypatch):

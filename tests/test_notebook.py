@@ -5,8 +5,6 @@ predict, visualize, a ConfigError; the fresh run gives the stored kinds of outpu
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -42,27 +40,14 @@ def test_notebook_is_stored_executed_in_order():
 
 @pytest.mark.slow
 def test_notebook_executes(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
+    from scripts.run_notebook import execute
 
-    # A kernel spec of our own: this interpreter with this checkout first on the path, whatever kernels the
-    # machine's Jupyter knows (a user's python3 kernel may be another Python). The runs go to a temporary folder.
-    spec = tmp_path / "kernels" / "cnnctl-test"
-    spec.mkdir(parents=True)
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "cnnctl test", "language": "python",
-        "env": {"PYTHONPATH": path, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
-    }))
-    km = KernelManager(kernel_name="cnnctl-test", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    nbclient.NotebookClient(nb, km=km, timeout=600, resources={"metadata": {"path": str(work)}}).execute()
+    # The kernel that stores the notebook: this interpreter with this checkout first on the path, whatever kernels
+    # the machine's Jupyter knows; the runs go to tmp_path (its TMPDIR).
+    nb = execute(NOTEBOOK, tmp_path)
 
     def text(cell) -> str:
         return "".join(o.get("text", "") for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stdout")

@@ -14,15 +14,9 @@ import torch
 
 from cnnctl.config import Config, resolve_run
 from cnnctl.errors import ConfigError, UsageError, WriteError
-from tests.conftest import write_config
+from tests.conftest import LENET_DIGITS, write_config
 
-TINY = """\
-seed: 0
-data: {dataset: digits, batch_size: 64}
-model: {arch: lenet5}
-optimizer: {name: adam, lr: 0.003}
-train: {epochs: 3, threads: 1, early_stopping: {patience: 5}}
-"""
+TINY = LENET_DIGITS
 
 
 # ---------------------------------------------------------------- resolving a run

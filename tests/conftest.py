@@ -185,3 +185,22 @@ def assert_refused(result, *words: str, file: Path | None = None) -> str:
     for word in ([str(file)] if file else []) + list(words):
         assert word in first, (word, first)
     return first
+
+
+def train_crashing_after(cli, monkeypatch: pytest.MonkeyPatch, cfg: Path, out: Path, step: int) -> None:
+    """``cnnctl train CFG --out OUT`` that dies (KeyboardInterrupt, exit 130) right after saving last.pt at optimizer
+    step ``step``: the process killed just after a checkpoint, in-process."""
+    from cnnctl.training import state
+
+    original = state.save_checkpoint
+
+    def crashing_save(path, ckpt):
+        original(path, ckpt)
+        if ckpt["step"] == step and Path(path).name == "last.pt":
+            raise KeyboardInterrupt  # stands for the process dying right after the save
+
+    monkeypatch.setattr(state, "save_checkpoint", crashing_save)
+    try:
+        assert cli("train", cfg, "--out", out).exit_code == 130
+    finally:
+        monkeypatch.setattr(state, "save_checkpoint", original)

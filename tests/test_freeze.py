@@ -12,7 +12,7 @@ import torch
 import cnnctl
 from cnnctl.training.checkpoint import load_checkpoint
 from cnnctl.training.hooks import Hook
-from tests.conftest import assert_refused, snapshot, train_run, write_config
+from tests.conftest import assert_refused, snapshot, train_crashing_after, train_run, write_config
 
 # BatchNorm in the body (its running statistics must not move while frozen), Dropout before the head (it trains
 # with the head), on digits: a few steps an epoch.
@@ -134,23 +134,13 @@ def tensors(ckpt: dict) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_a_run_killed_after_the_unfreeze_resumes_bit_exact(tmp_path, monkeypatch, cli):
-    import cnnctl.training.state as state  # Run.save writes through its save_checkpoint
 
     cfg = write_config(tmp_path / "exact.yaml", EXACT)
     reference = train_run(cfg, tmp_path / "ref")
     steps = load_checkpoint(reference / "last.pt")["step"] // 2  # per epoch
-    original = state.save_checkpoint
     for crash_at in (5, steps + 5):  # mid-epoch in the cached frozen epoch, and mid-epoch after the unfreeze
         out = tmp_path / f"runs{crash_at}"
-
-        def crashing_save(path, ckpt, crash_at=crash_at):
-            original(path, ckpt)
-            if ckpt["step"] == crash_at and Path(path).name == "last.pt":
-                raise KeyboardInterrupt  # stands for the process dying right after the save
-
-        monkeypatch.setattr(state, "save_checkpoint", crashing_save)
-        assert cli("train", cfg, "--out", out).exit_code == 130
-        monkeypatch.setattr(state, "save_checkpoint", original)
+        train_crashing_after(cli, monkeypatch, cfg, out, crash_at)
         result = cli("train", "--resume", out / "exact")
         assert result.exit_code == 0, result.output
         final, expected = tensors(load_checkpoint(out / "exact" / "last.pt")), tensors(load_checkpoint(reference / "last.pt"))

@@ -23,7 +23,7 @@ import yaml
 from cnnctl.config import Config
 from cnnctl.errors import CnnctlError
 from cnnctl.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import ROOT, explode_loss_from, run_cnnctl, train_run, write_config
+from tests.conftest import ROOT, explode_loss_from, run_cnnctl, train_crashing_after, train_run, write_config
 
 # Dropout, augmentation and mid-epoch saves: every source of randomness and every kind of resume point.
 EXACT = """\
@@ -106,20 +106,10 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(reference, tmp_path)
 def test_in_process_crash_mid_epoch_resumes_exactly(reference, tmp_path, monkeypatch, cli):
     """A crash right after a mid-epoch save (step 7 of epoch 2) and one after an epoch-end save."""
     cfg, ref_dir = reference
-    import cnnctl.training.state as state  # Run.save writes through its save_checkpoint
 
     for crash_at in (len_of_epoch(cfg) + 7, 2 * len_of_epoch(cfg)):
         out = tmp_path / f"runs{crash_at}"
-        original = state.save_checkpoint
-
-        def crashing_save(path, ckpt, crash_at=crash_at, original=original):
-            original(path, ckpt)
-            if ckpt["step"] == crash_at and Path(path).name == "last.pt":
-                raise KeyboardInterrupt  # stands for the process dying right after the save
-
-        monkeypatch.setattr(state, "save_checkpoint", crashing_save)
-        assert cli("train", cfg, "--out", out).exit_code == 130
-        monkeypatch.setattr(state, "save_checkpoint", original)
+        train_crashing_after(cli, monkeypatch, cfg, out, crash_at)
         assert load_checkpoint(out / "exact" / "last.pt")["step"] == crash_at
         result = cli("train", "--resume", out / "exact")
         assert result.exit_code == 0, result.output
